@@ -1,0 +1,113 @@
+"""`edge-inspector` command line (GUIDE.md: CLI contract).
+
+Exit codes: 0 success, 2 bad input (one line on stderr naming the file or key), 1 other failure.
+Each subcommand's work lives in its stage's module; this file only parses and dispatches, so
+that `run` never imports the training side (and so never imports torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Sequence
+
+from edge_inspector import __version__
+from edge_inspector.errors import InspectorError
+
+# subcommand -> "module:function"; the function takes the argparse Namespace and returns an exit code.
+_HANDLERS: dict[str, str] = {
+    "train": "edge_inspector.training.train:cli_train",
+    "evaluate": "edge_inspector.training.evaluate:cli_evaluate",
+    "export": "edge_inspector.training.export:cli_export",
+    "bench": "edge_inspector.inference.bench:cli_bench",
+    "run": "edge_inspector.supervisor:cli_run",
+    "check-config": "edge_inspector.config.check:cli_check_config",
+    "demo": "edge_inspector.demo.runner:cli_demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-inspector", description="Production-line edge inspection daemon")
+    p.add_argument("--version", action="version", version=f"edge-inspector {__version__}")
+    p.add_argument("--log-level", default=os.environ.get("EDGE_INSPECTOR_LOG_LEVEL", "INFO"))
+    p.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model bundle from train/good images")
+    t.add_argument("--data", required=True, help="MVTec-style category folder (reads only train/good)")
+    t.add_argument("--out", required=True, help="MODEL_DIR to write")
+    t.add_argument("--head", choices=["default", "aegan", "ae", "knn"], default="default")
+    t.add_argument("--iterations", type=int, default=None, help="training iterations (default depends on head)")
+    t.add_argument("--image-size", type=int, default=256)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    t.add_argument("--far-target", type=float, default=0.01, help="target false-alarm rate for the threshold (default 1%%)")
+    t.add_argument("--holdout", type=float, default=0.15, help="fraction of train/good held out for calibration")
+    t.add_argument("--validation", default=None, help="optional labelled folder (MVTec layout) for the F1-optimal threshold")
+    t.add_argument("--lighting", choices=["none", "clahe", "match_train"], default="none")
+    t.add_argument("--no-export", action="store_true", help="skip writing model.onnx (torch checkpoint only)")
+
+    e = sub.add_parser("evaluate", help="evaluate a model bundle on a labelled test set")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--json", required=True, dest="json_out")
+    e.add_argument("--report", default=None, help="write a human report (PNG plots + index.html) here")
+
+    x = sub.add_parser("export", help="export a trained model to ONNX with a torch parity check")
+    x.add_argument("--model", required=True)
+    x.add_argument("--out", required=True)
+
+    b = sub.add_parser("bench", help="latency/throughput/RSS of the exported model through the runtime engine")
+    b.add_argument("--model", required=True)
+    b.add_argument("--json", dest="json_out", default=None)
+    b.add_argument("--runs", type=int, default=200)
+    b.add_argument("--threads", type=int, default=0)
+
+    r = sub.add_parser("run", help="run the inspection daemon")
+    r.add_argument("--config", required=True)
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--max-frames", type=int, default=None)
+
+    c = sub.add_parser("check-config", help="validate a station config and print the effective values")
+    c.add_argument("file")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--quiet", action="store_true")
+
+    d = sub.add_parser("demo", help="synthetic parts → train → emulated camera → broker → verdicts")
+    d.add_argument("--workdir", default=None, help="keep demo files here (default: a temp dir)")
+    d.add_argument("--parts", type=int, default=40)
+    d.add_argument("--camera", choices=["pylon", "folder"], default="pylon")
+    return p
+
+
+def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from edge_inspector.logging import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        return int(_resolve(_HANDLERS[args.command])(args) or 0)
+    except InspectorError as exc:
+        print(f"edge-inspector {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"edge-inspector {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if args.debug or os.environ.get("EDGE_INSPECTOR_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"edge-inspector {args.command}: internal error: {exc.__class__.__name__}: {msg} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

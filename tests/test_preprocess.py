@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from edge_inspector.errors import InputError
+from edge_inspector.preprocess import Preprocessor, random_photometric, strong_light
+
+
+def test_grey_and_colour_give_same_shape():
+    p = Preprocessor(64)
+    grey = np.full((100, 80), 127, np.uint8)
+    x, geom = p.prepare(grey)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    assert abs(float(x.mean())) < 1e-6  # (127 - 127) / 128
+    y, _ = p.prepare(np.zeros((50, 60, 3), np.uint8))
+    assert y.shape == (3, 64, 64) and np.allclose(y, -127 / 128)
+    assert geom.orig_w == 80 and geom.orig_h == 100
+
+
+def test_roi_geometry_maps_back():
+    p = Preprocessor(64, roi=(10, 20, 128, 64))
+    _, g = p.prepare(np.zeros((200, 300, 3), np.uint8))
+    assert g.map_to_original(0, 0) == (10, 20)
+    assert g.map_to_original(64, 64) == (138, 84)
+
+
+def test_bad_frames_raise_input_error():
+    p = Preprocessor(64)
+    with pytest.raises(InputError):
+        p.prepare(np.zeros((10, 10, 5), np.uint8))
+    with pytest.raises(InputError):
+        p.prepare(np.zeros((0, 0), np.uint8))
+    with pytest.raises(InputError):
+        Preprocessor(64, roi=(500, 0, 10, 10)).prepare(np.zeros((100, 100), np.uint8))
+
+
+@pytest.mark.parametrize("lighting", ["clahe", "match_train"])
+def test_lighting_modes_run(lighting):
+    p = Preprocessor(32, lighting=lighting, train_stats={"mean": [90, 100, 110], "std": [30, 30, 30]})
+    img = (np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)
+    x, _ = p.prepare(img)
+    assert np.isfinite(x).all()
+
+
+def test_match_train_undoes_a_global_gain():
+    rng = np.random.default_rng(1)
+    img = (rng.random((64, 64, 3)) * 120 + 40).astype(np.uint8)
+    stats = {"mean": img.reshape(-1, 3).mean(0).tolist(), "std": img.reshape(-1, 3).std(0).tolist()}
+    p = Preprocessor(64, lighting="match_train", train_stats=stats)
+    a, _ = p.prepare(img)
+    b, _ = p.prepare(np.clip(img.astype(np.float32) * 1.5, 0, 255).astype(np.uint8))
+    assert np.abs(a - b).mean() < 0.02
+
+
+def test_photometric_changes_image_but_keeps_shape():
+    img = np.full((32, 48, 3), 100, np.uint8)
+    out = strong_light(img)
+    assert out.shape == img.shape and out.mean() > img.mean()
+    aug = random_photometric(img, np.random.default_rng(0))
+    assert aug.shape == img.shape and aug.dtype == np.uint8
