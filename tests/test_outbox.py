@@ -1,0 +1,175 @@
+"""Outbox: seq persistence, ordering, ack, quota policies, corrupt files, threads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from edge_inspector.publish.outbox import Outbox, OutboxFullError
+
+
+def _payload(i: int, pad: int = 0) -> dict:
+    return {"schema": "edge-inspector.result/1", "frame_id": f"f{i}", "pad": "x" * pad}
+
+
+def test_add_assigns_increasing_seq_and_stores_it_in_the_json(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    seqs = [box.add(_payload(i)) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    rows = box.pending(10)
+    assert [s for s, _ in rows] == seqs
+    first = json.loads(rows[0][1])
+    assert list(first)[:2] == ["schema", "seq"] and first["seq"] == 1 and first["frame_id"] == "f0"
+    assert box.depth() == 5
+    box.close()
+
+
+def test_seq_survives_reopen_even_when_every_row_was_acked(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    for i in range(3):
+        box.add(_payload(i))
+    for seq, _ in box.pending(10):
+        assert box.ack(seq)
+    assert box.depth() == 0
+    box.close()
+    box = Outbox(path)
+    assert box.last_seq == 3 and box.depth() == 0
+    assert box.add(_payload(9)) == 4
+    box.close()
+
+
+def test_pending_is_in_seq_order_and_respects_after_and_limit(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    for i in range(10):
+        box.add(_payload(i))
+    box.ack(3)
+    assert [s for s, _ in box.pending(4)] == [1, 2, 4, 5]
+    assert [s for s, _ in box.pending(3, after_seq=5)] == [6, 7, 8]
+    assert box.ack(3) is False  # acking twice is harmless and reported
+    assert box.depth() == 9
+    box.close()
+
+
+def test_unacked_rows_survive_reopen(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    for i in range(4):
+        box.add(_payload(i))
+    box.ack(1)
+    # no close(): simulate a crash, the connection is just dropped
+    del box
+    box = Outbox(path)
+    assert [s for s, _ in box.pending(10)] == [2, 3, 4]
+    box.close()
+
+
+def test_drop_oldest_evicts_oldest_keeps_newest_and_counts(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, max_mb=0.1, when_full="drop_oldest")
+    n = 400
+    for i in range(n):
+        box.add(_payload(i, pad=1000))
+    assert box.used_bytes() <= box.max_bytes
+    evicted = box.evicted_total
+    assert evicted > 0 and box.depth() == n - evicted
+    seqs = [s for s, _ in box.pending(n)]
+    assert seqs == list(range(evicted + 1, n + 1))  # exactly the oldest ones went
+    box.close()
+    assert Outbox(path, max_mb=0.1).evicted_total == evicted  # persisted for health reporting
+
+
+def test_stop_policy_refuses_without_consuming_a_seq(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", max_mb=0.1, when_full="stop")
+    with pytest.raises(OutboxFullError, match=r"o\.sqlite is full .*policy 'stop'"):
+        for i in range(1000):
+            box.add(_payload(i, pad=1000))
+    stored = box.depth()
+    assert stored == box.last_seq and box.evicted_total == 0
+    for seq, _ in box.pending(20):  # space comes back once results are delivered
+        box.ack(seq)
+    assert box.add(_payload(0, pad=1000)) == stored + 1
+    box.close()
+
+
+def test_garbage_file_is_kept_aside_and_seq_never_goes_back(tmp_path):
+    path = tmp_path / "o.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    before_ms = int(time.time() * 1000)
+    box = Outbox(path)
+    assert box.quarantined is not None and box.quarantined.name.startswith("o.sqlite.corrupt-")
+    assert box.quarantined.read_bytes().startswith(b"this is not a database")  # never deleted
+    seq = box.add(_payload(0))
+    assert seq > before_ms  # last seq unreadable: continue from the clock, above any earlier seq
+    box.close()
+
+
+def test_truncated_file_salvages_last_seq_and_readable_rows(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    for i in range(300):
+        box.add(_payload(i, pad=500))
+    box.close()  # checkpoints the WAL into the main file
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    box = Outbox(path)
+    assert box.quarantined is not None and box.quarantined.exists()
+    assert box.last_seq >= 300  # seq continues after the old counter
+    assert box.add(_payload(1)) > 300
+    box.close()
+
+
+def test_concurrent_adds_get_unique_contiguous_seqs(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def writer():
+        for i in range(50):
+            seq = box.add(_payload(i))
+            with lock:
+                got.append(seq)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(1, 201))
+    box.close()
+
+
+def test_wal_mode_is_on(tmp_path):
+    path = tmp_path / "o.sqlite"
+    Outbox(path).close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_bad_policy_is_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match="when_full"):
+        Outbox(tmp_path / "o.sqlite", when_full="explode")
+
+
+def test_second_opener_of_the_same_outbox_is_refused(tmp_path):
+    from edge_inspector.publish.outbox import OutboxError
+
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    with pytest.raises(OutboxError, match=rf"outbox {path} is in use by another process \(pid \d+\)"):
+        Outbox(path)
+    box.close()
+    Outbox(path).close()  # released on close
+
+
+def test_unopenable_path_is_an_error_and_nothing_is_moved(tmp_path):
+    from edge_inspector.publish.outbox import OutboxError
+
+    path = tmp_path / "o.sqlite"
+    path.mkdir()  # a directory where the file should be: not corruption, must not be "recovered"
+    with pytest.raises(OutboxError, match=r"o\.sqlite: cannot open"):
+        Outbox(path)
+    assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
