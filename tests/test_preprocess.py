@@ -57,3 +57,11 @@ def test_photometric_changes_image_but_keeps_shape():
     assert out.shape == img.shape and out.mean() > img.mean()
     aug = random_photometric(img, np.random.default_rng(0))
     assert aug.shape == img.shape and aug.dtype == np.uint8
+
+
+def test_photometric_handles_grey_images():
+    grey = np.full((40, 30), 90, np.uint8)
+    assert strong_light(grey).shape == grey.shape
+    rng = np.random.default_rng(3)
+    for _ in range(10):  # the specular blob is random: run enough draws to hit it
+        assert random_photometric(grey, rng).shape == grey.shape

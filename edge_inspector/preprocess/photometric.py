@@ -17,7 +17,9 @@ def _specular_blob(img: np.ndarray, cx: float, cy: float, radius: float, strengt
     h, w = img.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     blob = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2.0 * radius**2)))
-    out = img.astype(np.float32) + strength * 255.0 * blob[..., None]
+    if img.ndim == 3:
+        blob = blob[..., None]  # same highlight on every channel; grey images stay 2-D
+    out = img.astype(np.float32) + strength * 255.0 * blob
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
