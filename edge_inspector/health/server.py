@@ -1,0 +1,184 @@
+"""HTTP endpoint for the plant's monitoring: /metrics (Prometheus text) and /healthz.
+
+A standard-library ThreadingHTTPServer in one daemon thread: no extra dependency, and a slow or
+hung scraper costs one short-lived thread, never a pipeline stage. Bound to 127.0.0.1 by default
+(health.host); expose it deliberately, e.g. through the node's reverse proxy or a firewall rule.
+
+/healthz: 200 ``{"status": "ok", ...}`` while every stage's heartbeat is younger than
+pipeline.heartbeat_timeout_s; 503 with the reason otherwise (also while the pipeline is starting).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Mapping, Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from edge_inspector.health.liveness import describe_stalled, stalled_stages
+from edge_inspector.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    value = float(value)
+    return round(value, 3) if math.isfinite(value) else None  # JSON has no Infinity
+
+
+class HealthServer:
+    """Serve /metrics from ``registry`` and /healthz from ``heartbeats``.
+
+    ``heartbeats`` (usually PipelineControl.stage_heartbeats) may be attached after the server
+    starts with ``attach(...)``: metrics are useful during start-up, health is not yet "ok".
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str = "127.0.0.1",
+        port: int = 9310,
+        heartbeat_timeout_s: float = 10.0,
+        heartbeats: Optional[Callable[[], Mapping[str, float]]] = None,
+    ):
+        self.registry = registry
+        self.host = host
+        self.requested_port = port
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._heartbeats = heartbeats
+        self._httpd: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def attach(self, heartbeats: Callable[[], Mapping[str, float]], heartbeat_timeout_s: Optional[float] = None) -> None:
+        self._heartbeats = heartbeats
+        if heartbeat_timeout_s is not None:
+            self.heartbeat_timeout_s = heartbeat_timeout_s
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "HealthServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "edge-inspector-health"
+
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                elif path == "/healthz":
+                    code, body = server.health()
+                    self._send(code, "application/json", json.dumps(body).encode())
+                else:
+                    self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args):  # noqa: A002 - scrapes every 15 s would flood the journal
+                pass
+
+        httpd = ThreadingHTTPServer((self.host, self.requested_port), Handler)
+        httpd.daemon_threads = True
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, name="health-http", kwargs={"poll_interval": 0.5}, daemon=True)
+        self._thread.start()
+        log.info("health_listening", url=self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when health.port is 0)."""
+        return self._httpd.server_address[1] if self._httpd else self.requested_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # --- health -----------------------------------------------------------------------------
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, JSON body) for /healthz."""
+        if self._heartbeats is None:
+            return 503, {"status": "starting", "reason": "pipeline not started yet"}
+        try:
+            ages = dict(self._heartbeats())
+        except Exception as exc:  # noqa: BLE001 - the probe failing is itself unhealthy
+            return 503, {"status": "error", "reason": f"heartbeat probe failed: {type(exc).__name__}: {exc}"}
+        if not ages:
+            return 503, {"status": "starting", "reason": "no stage has reported a heartbeat yet"}
+        heartbeats = {stage: _finite_or_none(age) for stage, age in sorted(ages.items())}
+        stalled = stalled_stages(ages, self.heartbeat_timeout_s)
+        if stalled:
+            return 503, {
+                "status": "stalled",
+                "reason": f"{describe_stalled(stalled)} (timeout {self.heartbeat_timeout_s:g}s)",
+                "stalled": sorted(stalled),
+                "heartbeats": heartbeats,
+            }
+        return 200, {"status": "ok", "heartbeats": heartbeats, "timeout_s": self.heartbeat_timeout_s}
+
+
+class HealthOps:
+    """The supervisor's /metrics + /healthz component (start/stop/apply_config)."""
+
+    def __init__(self, registry: CollectorRegistry, cfg: Any, heartbeats: Callable[[], Mapping[str, float]]):
+        self._registry = registry
+        self._heartbeats = heartbeats
+        self._health_cfg = cfg.health
+        self._timeout = cfg.pipeline.heartbeat_timeout_s
+        self.server: Optional[HealthServer] = None
+
+    def start(self) -> None:
+        cfg = self._health_cfg
+        if not cfg.enabled:
+            return
+        server = HealthServer(self._registry, cfg.host, cfg.port, self._timeout, heartbeats=self._heartbeats)
+        try:
+            server.start()
+        except OSError as exc:
+            # Inspecting matters more than being scraped: run on, loudly. (Two stations on one PC
+            # need different health.port values.)
+            log.error("health_not_started", detail="inspection continues without /metrics and /healthz",
+                      host=cfg.host, port=cfg.port, error=f"{type(exc).__name__}: {exc}")
+            return
+        self.server = server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def apply_config(self, cfg: Any) -> Optional[str]:
+        """Reload: a new host/port/enabled rebinds the endpoint; anything else is untouched."""
+        if cfg.health == self._health_cfg:
+            return "health: unchanged"
+        self._health_cfg = cfg.health
+        self.stop()
+        self.start()
+        return f"health: {'serving ' + self.server.url if self.server else 'off'}"
+
+
+def create_ops_component(supervisor: Any) -> Optional[HealthOps]:
+    """Hook for Supervisor._build_ops (after health.metrics, whose registry it serves)."""
+    from edge_inspector.health.metrics import find_metrics
+
+    metrics = find_metrics(supervisor)
+    if metrics is None:
+        return None  # health.enabled is false
+    return HealthOps(metrics.registry, supervisor.cfg, supervisor.stage_heartbeats)

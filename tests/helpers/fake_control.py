@@ -1,0 +1,54 @@
+"""A PipelineControl whose heartbeats, status and answers the test sets by hand."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+
+
+class FakeControl:
+    """Implements observer.PipelineControl. Heartbeats are ages computed from ``beat()`` times,
+    so a test can stall one stage (stop calling beat for it) while the others keep beating."""
+
+    def __init__(self, stages=("acquisition", "preprocess", "inference", "postprocess", "publish")):
+        self._last_beat = {stage: time.monotonic() for stage in stages}
+        self._lock = threading.Lock()
+        self.threshold = 0.5
+        self.frame: Optional[np.ndarray] = None
+        self.reload_calls: list[Optional[str]] = []
+        self.reload_result = (True, "config reloaded")
+        self.status_dict = {"fps": 4.9, "mqtt_state": "connected", "outbox_depth": 3, "camera_state": "open"}
+        self.status_calls = 0
+
+    def beat(self, *stages: str) -> None:
+        with self._lock:
+            for stage in stages or tuple(self._last_beat):
+                self._last_beat[stage] = time.monotonic()
+
+    def stall(self, stage: str, seconds_ago: float) -> None:
+        with self._lock:
+            self._last_beat[stage] = time.monotonic() - seconds_ago
+
+    # --- PipelineControl ---
+    def reload(self, config_path: Optional[str] = None):
+        self.reload_calls.append(config_path)
+        return self.reload_result
+
+    def set_threshold(self, value: float):
+        self.threshold = value
+        return True, f"threshold set to {value}"
+
+    def snapshot(self):
+        return self.frame
+
+    def status(self) -> dict:
+        self.status_calls += 1
+        return dict(self.status_dict, threshold=self.threshold)
+
+    def stage_heartbeats(self) -> dict[str, float]:
+        now = time.monotonic()
+        with self._lock:
+            return {stage: now - t for stage, t in self._last_beat.items()}
