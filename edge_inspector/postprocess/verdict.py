@@ -36,3 +36,6 @@ class Verdict:
     error: Optional[str] = None
     timings_ms: dict = field(default_factory=dict)
     archive_ref: Optional[str] = None
+    # {"name", "sha256"} of the model generation that scored this frame (None = the publisher's
+    # default). Set per verdict because a hot swap changes the model between two frames.
+    model: Optional[dict] = None

@@ -1,0 +1,91 @@
+"""The model generation in service: engine + the settings that must change together with it.
+
+A ``ModelRuntime`` is immutable. The preprocess stage picks the current one up when a frame
+enters and the frame keeps it through inference and postprocess, so a hot swap (new model,
+threshold, ROI, lighting or postprocess settings) is a single reference assignment between two
+frames: no frame is ever half old, half new, and none sees a model that is still loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from edge_inspector.config.models import Config
+from edge_inspector.inference.base import Engine
+from edge_inspector.inference.bundle import ModelBundle
+from edge_inspector.postprocess.regions import RegionSettings
+from edge_inspector.preprocess.core import Preprocessor
+
+
+@dataclass(frozen=True)
+class ModelRuntime:
+    bundle: ModelBundle
+    engine: Engine
+    preprocessor: Preprocessor
+    regions: RegionSettings
+    generation: int  # 1 at start, +1 for every applied change (logs and status)
+
+    @property
+    def model_info(self) -> dict:
+        return {"name": self.bundle.name, "sha256": self.bundle.sha256}
+
+    @property
+    def threshold(self) -> float:
+        return self.regions.threshold
+
+
+def effective_threshold(cfg: Config, bundle: ModelBundle, override: Optional[float] = None) -> float:
+    """Runtime override (set_threshold) > station config (model.threshold) > bundle calibration."""
+    if override is not None:
+        return float(override)
+    if cfg.model.threshold is not None:
+        return float(cfg.model.threshold)
+    return bundle.threshold
+
+
+def build_preprocessor(cfg: Config, bundle: ModelBundle) -> Preprocessor:
+    """Raises InputError for settings that cannot work with this bundle (e.g. match_train
+    lighting with a bundle that recorded no training statistics)."""
+    pre = cfg.preprocess
+    return Preprocessor(
+        bundle.image_size,
+        roi=pre.roi,
+        lighting=pre.lighting,
+        flat_field_reference=pre.flat_field_reference,
+        clahe_clip_limit=pre.clahe_clip_limit,
+        clahe_tile_grid=pre.clahe_tile_grid,
+        train_stats=bundle.train_stats,
+    )
+
+
+def build_region_settings(cfg: Config, threshold: float) -> RegionSettings:
+    post = cfg.postprocess
+    return RegionSettings(
+        threshold=threshold,
+        map_threshold=post.map_threshold,
+        min_defect_area_px=post.min_defect_area_px,
+        max_defects=post.max_defects,
+    )
+
+
+def build_runtime(
+    cfg: Config, bundle: ModelBundle, engine: Engine, generation: int, threshold_override: Optional[float] = None
+) -> ModelRuntime:
+    return ModelRuntime(
+        bundle=bundle,
+        engine=engine,
+        preprocessor=build_preprocessor(cfg, bundle),
+        regions=build_region_settings(cfg, effective_threshold(cfg, bundle, threshold_override)),
+        generation=generation,
+    )
+
+
+def open_engine(cfg: Config, bundle: ModelBundle) -> Engine:
+    """Load the ONNX session (provider fallback is logged by the engine) and warm it up, so the
+    first real frame does not pay session initialisation costs."""
+    from edge_inspector.inference.onnx_engine import OnnxEngine
+
+    engine = OnnxEngine.from_bundle(bundle, providers=cfg.model.providers, intra_op_threads=cfg.model.intra_op_threads)
+    engine.warm_up(cfg.model.warmup_runs)
+    return engine

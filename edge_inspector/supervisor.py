@@ -1,0 +1,571 @@
+"""`edge-inspector run`: the supervisor that wires and minds the inspection pipeline.
+
+Start order (each step only once the previous one works, so a bad station fails fast and a
+good one never grabs a part it cannot inspect and report):
+
+1. validate the model bundle and the preprocessing settings (bad input → exit 2, one line);
+2. station operations are constructed (metrics, /healthz, watchdog, NG archive, remote
+   commands: ``_build_ops``) so that they observe every later step;
+3. publisher + durable outbox (replays results left from a previous run while we warm up);
+4. onnxruntime engine: load + warm-up; then the ops components are started;
+5. camera open, then the stage threads (see pipeline/stages.py); "ready" is announced last.
+
+Stop (SIGTERM/SIGINT, ``--max-frames`` reached, camera ended): stop acquisition, let every
+accepted frame reach the outbox, flush the publisher (which publishes the offline status), exit 0.
+
+Reload (SIGHUP or ``PipelineControl.reload``): see ``Supervisor.reload``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+
+from edge_inspector.config.loader import load_config
+from edge_inspector.config.models import Config
+from edge_inspector.errors import InputError
+from edge_inspector.inference.bundle import ModelBundle, load_bundle
+from edge_inspector.logging import get_logger, setup_logging
+from edge_inspector.observer import CompositeObserver, PipelineObserver
+from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, build_runtime, open_engine
+from edge_inspector.pipeline.stages import Pipeline
+from edge_inspector.postprocess.verdict import Verdict
+
+log = get_logger("edge_inspector.supervisor")
+
+# Config sections a running daemon cannot change without reopening the camera or the outbox:
+# a reload reports them as "restart needed" and keeps the running values.
+RESTART_ONLY_SECTIONS = ("camera", "outbox", "pipeline")
+# Model settings whose change means a new onnxruntime session (loaded in the background).
+ENGINE_KEYS = ("path", "providers", "intra_op_threads", "warmup_runs")
+# Station-operations modules tried by ``_build_ops``; each may expose
+# ``create_ops_component(supervisor) -> component | None``. Missing modules are skipped.
+# Verdicts remembered for on_published (PUBACK); bounded so a week-long outage cannot eat RAM.
+AWAITING_ACK_LIMIT = 10_000
+OPS_MODULES = (
+    "edge_inspector.systemd",
+    "edge_inspector.health.metrics",
+    "edge_inspector.health.server",
+    "edge_inspector.archive.store",
+    "edge_inspector.publish.commands",
+)
+
+
+def _default_source(cfg: Config, on_state):
+    from edge_inspector.acquisition.factory import create_source
+
+    return create_source(cfg.camera, on_state=on_state)
+
+
+def _default_publisher(cfg: Config, model_info: dict, on_state, outbox=None, on_acked=None):
+    from edge_inspector.publish.mqtt import MqttPublisher
+    from edge_inspector.publish.outbox import Outbox
+
+    if outbox is None:
+        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_mb, cfg.outbox.when_full)
+    return MqttPublisher(cfg, outbox, model_info, on_state=on_state, on_acked=on_acked)
+
+
+class Supervisor:
+    """Owns the pipeline, the model generations, the publisher and the ops components.
+
+    Implements ``observer.PipelineControl`` (reload, set_threshold, snapshot, status,
+    stage_heartbeats) for SIGHUP, the remote command handler and the watchdog.
+
+    The factories exist for tests and benchmarks: ``source_factory(cfg, on_state)``,
+    ``publisher_factory(cfg, model_info, on_state, outbox=None, on_acked=None)``,
+    ``engine_factory(cfg, bundle)``.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: Optional[str | Path] = None,
+        overrides: Iterable[str] = (),
+        max_frames: Optional[int] = None,
+        observers: Iterable[PipelineObserver] = (),
+        source_factory: Callable = _default_source,
+        publisher_factory: Callable = _default_publisher,
+        engine_factory: Callable = open_engine,
+    ):
+        if max_frames is not None and max_frames < 1:
+            raise InputError(f"--max-frames {max_frames}: must be >= 1")
+        self.cfg = cfg
+        self.config_path = str(config_path) if config_path is not None else None
+        self.overrides = list(overrides)
+        self.max_frames = max_frames
+        self.observer = CompositeObserver(*observers)
+        self._source_factory = source_factory
+        self._publisher_factory = publisher_factory
+        self._engine_factory = engine_factory
+        self.publisher = None
+        self.source = None
+        self.pipeline: Optional[Pipeline] = None
+        self.ops: list[Any] = []
+        self._runtime: Optional[ModelRuntime] = None
+        self._threshold_override: Optional[float] = None
+        self._publisher_lock = threading.RLock()  # publish stage vs. publisher replacement on reload
+        self._awaiting_ack: dict[int, Verdict] = {}  # seq -> verdict until its PUBACK (insertion-ordered)
+        self._awaiting_ack_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._model_request = 0  # newest background model load; older ones must not swap in
+        self._stop_requested = threading.Event()
+        self._stop_reason = ""
+        self._reload_requested = threading.Event()
+        self._state = "starting"
+        self._camera_state = "closed"
+        self._mqtt_state = "disconnected"
+        self._started_at = time.monotonic()
+        self.last_reload: dict = {}
+        self.model_load: dict = {"state": "idle"}
+
+    # ================================================================ start / run / stop
+    def start(self) -> None:
+        cfg = self.cfg
+        bundle = load_bundle(cfg.model.path)
+        build_preprocessor(cfg, bundle)  # ROI/lighting vs. this bundle: fail before touching anything
+        try:
+            self.ops = self._build_ops()  # first, so their observers see every state from here on
+            self._set_state("starting", "publisher")
+            self.publisher = self._publisher_factory(cfg, {"name": bundle.name, "sha256": bundle.sha256}, self._on_mqtt_state,
+                                                     on_acked=self._on_acked)
+            self.publisher.start()
+            self._set_state("starting", f"loading model {bundle.name}")
+            engine = self._engine_factory(cfg, bundle)
+            self._runtime = build_runtime(cfg, bundle, engine, generation=1)
+            log.info("model_in_service", model=bundle.name, sha256=bundle.sha256[:12], provider=getattr(engine, "provider", "?"),
+                     threshold=self._runtime.threshold)
+            self.observer.on_model(bundle.name, bundle.sha256)
+            for component in self.ops:
+                if hasattr(component, "start"):
+                    component.start()
+            self._set_state("starting", "opening camera")
+            self.source = self._source_factory(cfg, self._on_camera_state)
+            self.source.open()
+            self.pipeline = Pipeline(self.source, self.current_runtime, self._publish, self.observer,
+                                     cfg.pipeline.queue_size, max_frames=self.max_frames)
+            self.pipeline.start()
+        except BaseException:
+            self._abort_start()
+            raise
+        self._set_state("ready", f"model {bundle.name}, camera {cfg.camera.type}")
+        self._publish_status()
+
+    def _abort_start(self) -> None:
+        """Undo a half-done start so a failed daemon leaves no thread, socket or lock behind."""
+        for component in reversed(self.ops):
+            _quietly(getattr(component, "stop", None))
+        if self.source is not None:
+            _quietly(self.source.close)
+        if self.publisher is not None:
+            _quietly(lambda: self.publisher.stop(timeout=2.0))
+
+    def run(self) -> int:
+        """Mind the running pipeline until asked to stop or the camera ends; return the exit code."""
+        health_every = self.cfg.mqtt.health_interval_s
+        next_health = time.monotonic() + health_every
+        stall_reported: set[str] = set()
+        while not self._stop_requested.wait(0.2):
+            if self.pipeline.finished.is_set():
+                self._stop_reason = self._stop_reason or self.pipeline.failure or self.pipeline.end_reason or "pipeline ended"
+                break
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                try:
+                    self.reload()
+                except Exception:  # noqa: BLE001 - a failed reload must never stop the line
+                    log.exception("reload_crashed")
+            if self.publisher is not None:
+                self.observer.on_outbox_depth(self._outbox_depth())
+            stall_reported = self._report_stalls(stall_reported)
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + health_every
+                self._publish_health()
+        return self.shutdown()
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Thread- and signal-safe."""
+        self._stop_reason = self._stop_reason or reason
+        self._stop_requested.set()
+
+    def request_reload(self) -> None:
+        """Signal-safe: the reload runs in the supervisor loop, not in the signal handler."""
+        self._reload_requested.set()
+
+    def shutdown(self) -> int:
+        reason = self._stop_reason or "requested"
+        self._set_state("stopping", reason)
+        timeout = self.cfg.pipeline.shutdown_timeout_s
+        clean = True
+        if self.pipeline is not None:
+            self.pipeline.stop_acquisition()
+            if not self.pipeline.join(timeout):
+                clean = False
+                log.error("shutdown_timeout", detail="frames still in flight; they stay unpublished",
+                          queues=self.pipeline.queue_depths(), heartbeats=self.stage_heartbeats())
+        for component in reversed(self.ops):
+            _quietly(getattr(component, "stop", None))
+        if self.publisher is not None:
+            try:
+                self.publisher.stop(timeout=timeout)  # waits for PUBACKs, then the offline status
+            except Exception:  # noqa: BLE001 - unsent results stay in the outbox for the next start
+                log.exception("publisher_stop_failed")
+        failure = self.pipeline.failure if self.pipeline is not None else None
+        self._set_state("stopped", reason)
+        log.info("stopped", reason=reason, clean=clean, **self._counters())
+        return 1 if failure else 0
+
+    # ================================================================ stage callbacks
+    def current_runtime(self) -> ModelRuntime:
+        return self._runtime
+
+    def _publish(self, verdict: Verdict) -> int:
+        with self._publisher_lock:
+            # The payload names verdict.model, the model that scored *this* frame: frames still
+            # in flight during a hot swap were scored by the previous generation.
+            seq = self.publisher.publish_verdict(verdict)
+            with self._awaiting_ack_lock:
+                self._awaiting_ack[seq] = verdict
+                while len(self._awaiting_ack) > AWAITING_ACK_LIMIT:  # long outage: forget the oldest
+                    self._awaiting_ack.pop(next(iter(self._awaiting_ack)))
+        return seq
+
+    def _on_acked(self, seq: int) -> None:
+        """PUBACK for ``seq`` (publisher worker thread). The verdict is None for results replayed
+        from a previous run, or evicted from memory during a long outage."""
+        with self._awaiting_ack_lock:
+            verdict = self._awaiting_ack.pop(seq, None)
+        self.observer.on_published(seq, verdict)
+
+    def _on_camera_state(self, state: str, detail: str = "") -> None:
+        self._camera_state = state
+        self.observer.on_state("camera", state, detail)
+
+    def _on_mqtt_state(self, state: str, info: Any = None) -> None:
+        self._mqtt_state = state
+        detail = ", ".join(f"{k}={v}" for k, v in info.items()) if isinstance(info, dict) else str(info or "")
+        self.observer.on_state("mqtt", state, detail)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self._state = state
+        log.info("pipeline_state", state=state, detail=detail)
+        self.observer.on_state("pipeline", state, detail)
+
+    # ================================================================ station operations
+    def _build_ops(self) -> list:
+        """Construct the station-operations components (metrics, /healthz, systemd watchdog, NG
+        archive, remote commands) from ``self.cfg``.
+
+        Convention: each module in ``OPS_MODULES`` may define
+        ``create_ops_component(supervisor) -> component | None``; the supervisor passes itself
+        (``cfg``, ``publisher``, and the PipelineControl methods). A component may have any of:
+        PipelineObserver methods (it is then added as an observer), ``start()``, ``stop()``, and
+        ``apply_config(cfg) -> str | None`` for reloads. Modules that do not exist yet are skipped.
+        """
+        components = []
+        for module_name in OPS_MODULES:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name == module_name:
+                    continue
+                raise
+            factory = getattr(module, "create_ops_component", None)
+            component = factory(self) if factory is not None else None
+            if component is None:
+                continue
+            if isinstance(component, PipelineObserver):
+                self.observer.add(component)
+            components.append(component)
+        return components
+
+    # ================================================================ PipelineControl
+    def stage_heartbeats(self) -> dict[str, float]:
+        if self.pipeline is None:
+            return {}
+        return self.pipeline.heartbeat_ages()
+
+    def snapshot(self) -> Optional[np.ndarray]:
+        return None if self.pipeline is None else self.pipeline.last_image
+
+    def set_threshold(self, value: float) -> tuple[bool, str]:
+        """Change the image threshold now (until the next reload or model swap, which bring the
+        configured/calibrated one back)."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return False, f"threshold must be a number, not {value!r}"
+        if not math.isfinite(value):
+            return False, f"threshold must be finite, not {value}"
+        with self._reload_lock:
+            current = self._runtime
+            if current is None:
+                return False, "pipeline is not running"
+            old = current.threshold
+            self._threshold_override = value
+            regions = dataclasses.replace(current.regions, threshold=value)
+            self._swap_runtime(dataclasses.replace(current, regions=regions, generation=current.generation + 1))
+        message = f"threshold {old:g} -> {value:g}"
+        log.info("threshold_set", old=old, new=value)
+        self._publish_status()
+        return True, message
+
+    def status(self) -> dict:
+        runtime = self._runtime
+        pipeline = self.pipeline
+        counters = self._counters()
+        return {
+            "state": self._state,
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "fps": pipeline.fps() if pipeline else 0.0,
+            **counters,
+            "verdicts": dict(pipeline.verdict_counts) if pipeline else {},
+            "last_seq": pipeline.last_seq if pipeline else None,
+            "mqtt_state": self._mqtt_state,
+            "outbox_depth": self._outbox_depth(),
+            "camera_state": self._camera_state,
+            "model": None if runtime is None else {**runtime.model_info, "provider": getattr(runtime.engine, "provider", "?"),
+                                                   "generation": runtime.generation},
+            "threshold": None if runtime is None else runtime.threshold,
+            "threshold_override": self._threshold_override,  # set_threshold value in force, if any
+            "queues": pipeline.queue_depths() if pipeline else {},
+            "heartbeats_s": {k: round(v, 2) for k, v in self.stage_heartbeats().items()},
+            "model_load": dict(self.model_load),
+            "last_reload": dict(self.last_reload),
+        }
+
+    def reload(self, config_path: Optional[str] = None) -> tuple[bool, str]:
+        """Re-read and re-validate the station config and apply it without stopping the camera.
+
+        * threshold, ROI, lighting, postprocess: a new runtime generation, in service from the next
+          frame that enters preprocessing;
+        * ``mqtt`` / ``station``: the publisher is replaced (same outbox, so nothing is lost);
+        * ops sections (archive, health, logging): handed to the ops components;
+        * a changed model (path, providers, threads): validated now, loaded and warmed up in the
+          background, swapped in between two frames once ready;
+        * camera / outbox / pipeline: need a restart — reported, the running values stay.
+        An invalid config or model keeps everything as it runs; the reason is logged, in
+        ``status()["last_reload"]`` and on the status topic.
+        """
+        path = config_path or self.config_path
+        with self._reload_lock:
+            self.observer.on_state("pipeline", "reloading", str(path))
+            if path is None:
+                return self._reload_done(False, "reload: the daemon was started without a config file")
+            try:
+                new_cfg = load_config(path, self.overrides)
+            except InputError as exc:
+                return self._reload_done(False, f"new config rejected, keeping the running one: {exc}")
+            if self._runtime is None:
+                return self._reload_done(False, "reload: the pipeline is not running yet")
+            old_cfg = self.cfg
+            changed = [name for name in type(new_cfg).model_fields if getattr(old_cfg, name) != getattr(new_cfg, name)]
+            restart_needed = [s for s in RESTART_ONLY_SECTIONS if s in changed]
+            # keep the sections that cannot change live, so status and the next diff tell the truth
+            new_cfg = new_cfg.model_copy(update={s: getattr(old_cfg, s) for s in RESTART_ONLY_SECTIONS})
+            engine_changed = any(getattr(old_cfg.model, k) != getattr(new_cfg.model, k) for k in ENGINE_KEYS)
+            current = self._runtime
+            try:
+                if engine_changed:
+                    new_bundle = load_bundle(new_cfg.model.path)
+                    build_preprocessor(new_cfg, new_bundle)
+                    candidate = None
+                else:
+                    candidate = build_runtime(new_cfg, current.bundle, current.engine, current.generation + 1)
+            except InputError as exc:
+                return self._reload_done(False, f"new config rejected, keeping the running one: {exc}")
+            applied = []
+            if "mqtt" in changed or "station" in changed:
+                try:
+                    self._replace_publisher(new_cfg)
+                except Exception as exc:  # noqa: BLE001
+                    return self._reload_done(False, f"publisher settings rejected, keeping the running one: {exc}")
+                applied.append("publisher")
+            self.cfg = new_cfg
+            self._threshold_override = None  # the file is the truth again
+            if candidate is not None:
+                self._swap_runtime(candidate)
+                if candidate.threshold != current.threshold:
+                    applied.append(f"threshold {current.threshold:g} -> {candidate.threshold:g}")
+                applied.extend(s for s in ("preprocess", "postprocess") if s in changed)
+            for component in self.ops:
+                apply = getattr(component, "apply_config", None)
+                if apply is not None:
+                    try:
+                        applied.append(apply(new_cfg) or type(component).__name__)
+                    except Exception as exc:  # noqa: BLE001 - one ops component must not undo the rest
+                        log.exception("ops_apply_config_failed", component=type(component).__name__)
+                        applied.append(f"{type(component).__name__} FAILED ({exc.__class__.__name__}: {exc})")
+            if "logging" in changed:
+                setup_logging(new_cfg.logging.level, new_cfg.logging.json_logs)
+                applied.append("logging")
+            parts = [f"applied: {', '.join(applied) if applied else 'nothing changed'}"]
+            if engine_changed:
+                self._model_request += 1
+                threading.Thread(target=self._load_model, args=(new_bundle, self._model_request, old_cfg.model),
+                                 name="model-loader", daemon=True).start()
+                parts.append(f"model {new_bundle.name} ({new_bundle.sha256[:12]}) loading in the background")
+            if restart_needed:
+                parts.append(f"restart needed for: {', '.join(restart_needed)} (running values kept)")
+            return self._reload_done(True, "; ".join(parts))
+
+    # ---------------------------------------------------------------- reload helpers
+    def _reload_done(self, ok: bool, message: str) -> tuple[bool, str]:
+        self.last_reload = {"ok": ok, "message": message, "ts": time.time()}
+        (log.info if ok else log.error)("reload", ok=ok, message=message)
+        self.observer.on_state("pipeline", "reloaded" if ok else "reload_failed", message)
+        self._publish_status()
+        return ok, message
+
+    def _swap_runtime(self, runtime: ModelRuntime) -> None:
+        """The one place a new generation enters service: a single reference assignment, read
+        by the preprocess stage once per frame (so no frame mixes two generations)."""
+        previous = self._runtime
+        self._runtime = runtime
+        log.info("runtime_swapped", generation=runtime.generation, model=runtime.bundle.name,
+                 sha256=runtime.bundle.sha256[:12], threshold=runtime.threshold)
+        if previous is None or previous.bundle.sha256 != runtime.bundle.sha256:
+            self.observer.on_model(runtime.bundle.name, runtime.bundle.sha256)
+
+    def _load_model(self, bundle: ModelBundle, request: int, running_model_cfg) -> None:
+        """Background: load + warm up a new engine, then swap it in — unless a newer reload
+        asked for another model meanwhile. On failure the running model stays, and ``cfg.model``
+        says so again (so that the next reload of the same file retries the load)."""
+        self.model_load = {"state": "loading", "model": bundle.name, "sha256": bundle.sha256}
+        self.observer.on_state("model", "loading", f"{bundle.name} {bundle.sha256[:12]}")
+        try:
+            engine = self._engine_factory(self.cfg, bundle)
+        except Exception as exc:  # noqa: BLE001 - keep the running model whatever went wrong
+            with self._reload_lock:
+                if request == self._model_request:
+                    restored = self.cfg.model.model_copy(update={k: getattr(running_model_cfg, k) for k in ENGINE_KEYS})
+                    self.cfg = self.cfg.model_copy(update={"model": restored})
+            message = f"model {bundle.directory} not loaded, keeping {self._runtime.bundle.name}: {exc}"
+            self.model_load = {"state": "failed", "model": bundle.name, "message": message}
+            log.error("model_load_failed", message=message)
+            self.observer.on_state("model", "load_failed", message)
+            self._publish_status()
+            return
+        with self._reload_lock:
+            if request != self._model_request:
+                log.info("model_load_superseded", model=bundle.name)
+                return
+            try:
+                runtime = build_runtime(self.cfg, bundle, engine, self._runtime.generation + 1)
+            except InputError as exc:
+                self.model_load = {"state": "failed", "model": bundle.name, "message": str(exc)}
+                self.observer.on_state("model", "load_failed", str(exc))
+                return
+            self._threshold_override = None
+            self._swap_runtime(runtime)
+            self.model_load = {"state": "in_service", "model": bundle.name, "sha256": bundle.sha256}
+        self.observer.on_state("model", "in_service", f"{bundle.name} {bundle.sha256[:12]}")
+        self._publish_status()
+
+    def _replace_publisher(self, new_cfg: Config) -> None:
+        """New broker/topic/credentials: start a publisher on the same outbox, then retire the old
+        one. The publish stage waits on the lock meanwhile (back-pressure, nothing dropped); rows
+        the old one had not got acknowledged are replayed by the new one."""
+        with self._publisher_lock:
+            old = self.publisher
+            # Construct first: bad credentials/TLS files raise here, while the old one still runs.
+            new = self._publisher_factory(new_cfg, self._runtime.model_info, self._on_mqtt_state,
+                                          outbox=getattr(old, "outbox", None), on_acked=self._on_acked)
+            # Stop before start: both use the station's client id, and a broker drops the older
+            # of two sessions with one id.
+            old.stop(timeout=self.cfg.pipeline.shutdown_timeout_s)
+            new.start()
+            self.publisher = new
+
+    # ---------------------------------------------------------------- reporting
+    def _outbox_depth(self) -> Optional[int]:
+        try:
+            return None if self.publisher is None else int(self.publisher.outbox_depth)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _counters(self) -> dict:
+        p = self.pipeline
+        if p is None:
+            return {"frames_in": 0, "frames_out": 0, "frames_dropped": 0, "publish_failures": 0}
+        return {"frames_in": p.frames_in, "frames_out": p.frames_out, "frames_dropped": p.frames_dropped,
+                "publish_failures": p.publish_failures}
+
+    def _publish_health(self) -> None:
+        if self.publisher is None or self.pipeline is None:
+            return
+        counters = dict(self._counters())
+        counters.update({f"verdicts_{k.lower()}": v for k, v in self.pipeline.verdict_counts.items()})
+        counters["fps"] = self.pipeline.fps()
+        depth = self._outbox_depth()
+        if depth is not None:
+            counters["outbox_depth"] = depth
+        counters.update({f"queue_{k}": v for k, v in self.pipeline.queue_depths().items()})
+        try:
+            self.publisher.publish_health(counters)
+        except Exception:  # noqa: BLE001 - health is best effort (QoS 0)
+            log.exception("health_publish_failed")
+
+    def _publish_status(self) -> None:
+        runtime = self._runtime
+        if self.publisher is None or runtime is None:
+            return
+        try:
+            self.publisher.set_status(
+                state=self._state,
+                model=runtime.model_info,
+                threshold=runtime.threshold,
+                camera=self._camera_state,
+                last_reload=self.last_reload or None,
+                model_load=self.model_load,
+            )
+        except Exception:  # noqa: BLE001
+            log.exception("status_publish_failed")
+
+    def _report_stalls(self, already: set[str]) -> set[str]:
+        timeout = self.cfg.pipeline.heartbeat_timeout_s
+        stalled = {s for s, age in self.stage_heartbeats().items() if age > timeout}
+        for stage in stalled - already:
+            log.error("stage_stalled", stage=stage, timeout_s=timeout)
+            self.observer.on_state("pipeline", "stalled", stage)
+        return stalled
+
+
+def _quietly(fn: Optional[Callable[[], Any]]) -> None:
+    if fn is None:
+        return
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - cleanup of a failed start must not hide the first error
+        log.exception("cleanup_failed")
+
+
+# ==================================================================== CLI
+def cli_run(args: argparse.Namespace) -> int:
+    """``edge-inspector run --config FILE [--set k=v ...] [--max-frames N]``."""
+    cfg = load_config(args.config, args.overrides)
+    setup_logging(cfg.logging.level, cfg.logging.json_logs)
+    supervisor = Supervisor(cfg, config_path=args.config, overrides=args.overrides, max_frames=args.max_frames)
+    _install_signal_handlers(supervisor)
+    supervisor.start()
+    return supervisor.run()
+
+
+def _install_signal_handlers(supervisor: Supervisor) -> None:
+    def stop(signum, _frame):
+        supervisor.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda _s, _f: supervisor.request_reload())

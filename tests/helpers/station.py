@@ -1,0 +1,154 @@
+"""Station fixtures for pipeline tests: part images, a station YAML, a daemon subprocess, and an
+MQTT subscriber that records every result/plc/status message (real mosquitto, tiny bundle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+import paho.mqtt.client as paho
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def write_parts(folder: Path, n: int, size: tuple[int, int] = (96, 128), defect_every: int = 3) -> list[Path]:
+    """n mid-grey parts (score ≈ 0 on the tiny bundle); every ``defect_every``-th one has a white
+    12×16 blotch at a known place (x 40..55, y 30..41), which the tiny bundle scores ≈ 1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    h, w = size
+    for i in range(n):
+        img = np.full((h, w), 127, np.uint8)
+        if defect_every and i % defect_every == defect_every - 1:
+            img[30:42, 40:56] = 255
+        p = folder / f"part_{i:04d}.png"
+        cv2.imwrite(str(p), img)
+        paths.append(p)
+    return paths
+
+
+def station_config(tmp: Path, port: int, model_dir: Path, images: Path, **sections: Any) -> dict:
+    """A minimal station config dict; ``sections`` deep-merge over it (e.g. camera={"fps": 50})."""
+    cfg: dict[str, Any] = {
+        "station": {"line": "l1", "name": "st1"},
+        "camera": {"type": "folder", "path": str(images), "fps": 50.0},
+        "model": {"path": str(model_dir), "providers": ["cpu"], "intra_op_threads": 1, "warmup_runs": 1},
+        "postprocess": {"min_defect_area_px": 4},
+        "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "ei", "reconnect_min_s": 0.2,
+                 "reconnect_max_s": 1.0, "health_interval_s": 1.0},
+        "outbox": {"path": str(tmp / "state" / "outbox.sqlite")},
+        "archive": {"enabled": False},
+        "health": {"enabled": False, "port": 0},
+        "logging": {"level": "INFO", "json_logs": True},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def start_daemon(config: Path, *extra: str, log_path: Optional[Path] = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("NOTIFY_SOCKET", None)
+    stderr = open(log_path, "ab") if log_path else subprocess.PIPE
+    return subprocess.Popen(
+        [PYTHON, "-m", "edge_inspector", "run", "--config", str(config), *extra],
+        cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=stderr,
+    )
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    return subprocess.run([PYTHON, "-m", "edge_inspector", *args], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def stop_daemon(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+class Subscriber:
+    """Records every message under ``{prefix}/{line}/{station}/#``, reconnecting on its own."""
+
+    def __init__(self, port: int, base: str = "ei/l1/st1", client_id: str = "test-mes", persistent: bool = False):
+        """``persistent``: an MQTT 5 session that outlives disconnects and broker restarts (the
+        broker keeps queueing QoS 1 results for us), as an MES subscriber should be set up."""
+        self.base = base
+        self.lock = threading.Lock()
+        self.messages: dict[str, list[tuple[bytes, Any]]] = {}
+        self.connected = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        properties = None
+        if persistent:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 600
+        self.client.connect_async("127.0.0.1", port, clean_start=not persistent, properties=properties)
+        self.client.loop_start()
+        if not self.connected.wait(10):
+            raise RuntimeError("test subscriber could not connect")
+
+    def _on_connect(self, client, _u, _f, rc, _p):
+        client.subscribe(self.base + "/#", qos=1)
+        self.connected.set()
+
+    def _on_message(self, _c, _u, msg):
+        with self.lock:
+            self.messages.setdefault(msg.topic.rsplit("/", 1)[-1], []).append((msg.payload, msg.properties))
+
+    def payloads(self, kind: str) -> list[dict]:
+        with self.lock:
+            return [json.loads(p) for p, _ in self.messages.get(kind, [])]
+
+    def raw(self, kind: str) -> list[tuple[bytes, Any]]:
+        with self.lock:
+            return list(self.messages.get(kind, []))
+
+    def results_by_seq(self) -> dict[int, dict]:
+        """Deduplicated on seq, as the contract tells subscribers to do."""
+        return {r["seq"]: r for r in self.payloads("result")}
+
+    def wait_for(self, predicate, timeout: float, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
