@@ -111,11 +111,15 @@ class MqttPublisher:
         outbox: Outbox,
         model_info: Mapping[str, Any],
         on_state: Optional[StateCallback] = None,
+        on_acked: Optional[Callable[[int], None]] = None,
     ):
         self.cfg = cfg
         self.outbox = outbox
         self._model = check_model_info(model_info)
         self.on_state = on_state
+        # Called (publisher worker thread) with each seq the broker acknowledged: the moment a
+        # result is safe at the broker, used for grab→PUBACK latency and on_published.
+        self.on_acked = on_acked
         self._mqtt = cfg.mqtt
         self._station = station_dict(cfg.station.line, cfg.station.name)
         base = cfg.topic_base
@@ -469,8 +473,13 @@ class MqttPublisher:
             log.error("mqtt_result_rejected", seq=seq, reason=str(reason_code),
                       message=f"broker refused result seq {seq} on {self.topics['result']}: {reason_code}")
             return
-        self.outbox.ack(seq)
+        removed = self.outbox.ack(seq)
         self._count("acked")
+        if removed and self.on_acked is not None:
+            try:
+                self.on_acked(seq)
+            except Exception:  # noqa: BLE001 - a failing listener must not stop the acks
+                log.exception("on_acked_failed", seq=seq)
 
     def _pump(self) -> None:
         if not self._link_up:
