@@ -102,6 +102,10 @@ class PipelineControl(Protocol):
 
     def set_threshold(self, value: float) -> tuple[bool, str]: ...
 
+    def trigger(self, count: int = 1) -> tuple[bool, str]:
+        """Fire ``count`` software triggers (``camera.trigger.software_source: command``); a
+        trigger the camera cannot execute still ends as an ERROR result. (ok, message)."""
+
     def snapshot(self) -> Optional[np.ndarray]:
         """The last grabbed frame (original pixels), or None."""
 

@@ -8,7 +8,8 @@ good one never grabs a part it cannot inspect and report):
    commands: ``_build_ops``) so that they observe every later step;
 3. publisher + durable outbox (replays results left from a previous run while we warm up);
 4. onnxruntime engine: load + warm-up; then the ops components are started;
-5. camera open, then the stage threads (see pipeline/stages.py); "ready" is announced last.
+5. camera open, then the stage threads (see pipeline/stages.py), then the software-trigger
+   timer when the camera needs one (acquisition/trigger.py); "ready" is announced last.
 
 Stop (SIGTERM/SIGINT, ``--max-frames`` reached, camera ended): stop acquisition, let every
 accepted frame reach the outbox, flush the publisher (which publishes the offline status), exit 0.
@@ -30,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
+from edge_inspector.acquisition.trigger import SoftwareTrigger
 from edge_inspector.config.loader import load_config
 from edge_inspector.config.models import Config
 from edge_inspector.errors import InputError
@@ -78,7 +80,7 @@ def _default_publisher(cfg: Config, model_info: dict, on_state, outbox=None, on_
 class Supervisor:
     """Owns the pipeline, the model generations, the publisher and the ops components.
 
-    Implements ``observer.PipelineControl`` (reload, set_threshold, snapshot, status,
+    Implements ``observer.PipelineControl`` (reload, set_threshold, trigger, snapshot, status,
     stage_heartbeats) for SIGHUP, the remote command handler and the watchdog.
 
     The factories exist for tests and benchmarks: ``source_factory(cfg, on_state)``,
@@ -111,6 +113,7 @@ class Supervisor:
         self.publisher = None
         self.source = None
         self.pipeline: Optional[Pipeline] = None
+        self.software_trigger: Optional[SoftwareTrigger] = None  # camera.trigger.mode: software only
         self.ops: list[Any] = []
         self._runtime: Optional[ModelRuntime] = None
         self._threshold_override: Optional[float] = None
@@ -155,6 +158,11 @@ class Supervisor:
             self.pipeline = Pipeline(self.source, self.current_runtime, self._publish, self.observer,
                                      cfg.pipeline.queue_size, max_frames=self.max_frames)
             self.pipeline.start()
+            if getattr(self.source, "trigger_mode", cfg.camera.trigger.mode) == "software":
+                # Started after the stage threads: every trigger's frame has a consumer waiting.
+                self.software_trigger = SoftwareTrigger(self.source, cfg.camera, lambda: self.pipeline.frames_in,
+                                                        max_triggers=self.max_frames)
+                self.software_trigger.start()
         except BaseException:
             self._abort_start()
             raise
@@ -163,6 +171,8 @@ class Supervisor:
 
     def _abort_start(self) -> None:
         """Undo a half-done start so a failed daemon leaves no thread, socket or lock behind."""
+        if self.software_trigger is not None:
+            _quietly(self.software_trigger.stop)
         for component in reversed(self.ops):
             _quietly(getattr(component, "stop", None))
         if self.source is not None:
@@ -207,6 +217,8 @@ class Supervisor:
         self._set_state("stopping", reason)
         timeout = self.cfg.pipeline.shutdown_timeout_s
         clean = True
+        if self.software_trigger is not None:
+            self.software_trigger.stop()  # first: no trigger may reach a camera being closed
         if self.pipeline is not None:
             self.pipeline.stop_acquisition()
             if not self.pipeline.join(timeout):
@@ -320,6 +332,15 @@ class Supervisor:
         self._publish_status()
         return True, message
 
+    def trigger(self, count: int = 1) -> tuple[bool, str]:
+        """Fire ``count`` software triggers now (``P/cmd/trigger``); each one ends as a result."""
+        if self.software_trigger is None:
+            mode = getattr(self.source, "trigger_mode", self.cfg.camera.trigger.mode)
+            if mode != "software":
+                return False, f"camera.trigger.mode is {mode}: only a software-triggered camera takes remote triggers"
+            return False, "pipeline is not running"
+        return self.software_trigger.fire(count)
+
     def status(self) -> dict:
         runtime = self._runtime
         pipeline = self.pipeline
@@ -334,6 +355,7 @@ class Supervisor:
             "mqtt_state": self._mqtt_state,
             "outbox_depth": self._outbox_depth(),
             "camera_state": self._camera_state,
+            "software_trigger": self.software_trigger.status() if self.software_trigger else None,
             "model": None if runtime is None else {**runtime.model_info, "provider": getattr(runtime.engine, "provider", "?"),
                                                    "generation": runtime.generation},
             "threshold": None if runtime is None else runtime.threshold,

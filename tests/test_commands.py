@@ -38,7 +38,11 @@ def handler():
         ("set-threshold", b"{value: 1}", "payload is not JSON"),
         ("set-threshold", b"[0.5]", "payload must be a JSON object, got list"),
         ("snapshot", b'{"max_side": 4}', "max_side: Input should be greater than or equal to 16"),
-        ("reboot", b"{}", "unknown command 'reboot'; known: reload, set-threshold, snapshot, status"),
+        ("trigger", b'{"count": 0}', "count: Input should be greater than or equal to 1"),
+        ("trigger", b'{"count": 33}', "count: Input should be less than or equal to 32"),
+        ("trigger", b'{"count": "2"}', "count: Input should be a valid integer"),
+        ("trigger", b'{"count": 1.5}', "count: Input should be a valid integer"),
+        ("reboot", b"{}", "unknown command 'reboot'; known: reload, set-threshold, snapshot, status, trigger"),
     ],
 )
 def test_invalid_payloads_give_one_line_errors(handler, name, payload, error):
@@ -47,6 +51,17 @@ def test_invalid_payloads_give_one_line_errors(handler, name, payload, error):
     assert reply["error"].startswith(error), reply["error"]
     assert "\n" not in reply["error"]
     assert handler.control.threshold == 0.5  # nothing was applied
+
+
+def test_trigger_fires_the_requested_count_and_reports_refusals(handler):
+    control = handler.control
+    assert handler.execute("trigger", b"") == {"ok": True, "command": "trigger",
+                                               "result": {"count": 1, "message": "triggers fired"}}
+    assert handler.execute("trigger", b'{"count": 3, "id": "t2"}')["result"]["count"] == 3
+    control.trigger_result = (False, "camera.trigger.mode is hardware: only a software-triggered camera takes remote triggers")
+    assert handler.execute("trigger", b"{}") == {"ok": False, "command": "trigger",
+                                                 "error": control.trigger_result[1]}
+    assert control.trigger_calls == [1, 3, 1]
 
 
 def test_nan_threshold_is_refused(handler):

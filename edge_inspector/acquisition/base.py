@@ -10,6 +10,9 @@ Threading model shared by all sources (folder.py, opencv.py, pylon.py):
 * ``close()`` and ``trigger()`` may be called from any other thread. ``close()`` makes a running
   ``frames()`` return within about one poll interval (~0.1 s); a generator suspended at its
   ``yield`` (consumer applying back-pressure) returns on its next resumption.
+* While a source waits to retry a lost camera it calls ``on_alive`` (set by the pipeline) every
+  poll interval (``wait_to_reconnect``): the acquisition thread is busy on purpose, not hung, so
+  its heartbeat keeps beating. A thread stuck inside a driver call makes no such call.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ _log = get_logger("edge_inspector.acquisition")
 # on_state(state, detail): called on every state change, from whichever thread caused it
 # (usually the acquisition thread). States: "open", "reconnecting", "closed", "ended", "error".
 StateCallback = Callable[[str, str], None]
+# on_alive(): "this acquisition thread is running, just has no frame to give yet" (see
+# FrameSource.wait_to_reconnect); the pipeline turns it into an acquisition heartbeat.
+AliveCallback = Callable[[], None]
 
 # How often blocking waits wake up to notice close(): bounds shutdown latency.
 POLL_INTERVAL_S = 0.1
@@ -64,6 +70,7 @@ class FrameSource(abc.ABC):
 
     triggered: bool = False  # True when every frame stands for a real part (back-pressure, never drop)
     on_state: Optional[StateCallback] = None
+    on_alive: Optional[AliveCallback] = None
     _state: str = "unknown"
 
     @abc.abstractmethod
@@ -92,6 +99,32 @@ class FrameSource(abc.ABC):
                 callback(state, detail)
             except Exception:  # noqa: BLE001 - see docstring
                 _log.exception("camera_state_callback_failed", state=state)
+
+    def wait_to_reconnect(self, stop: threading.Event, delay_s: float) -> bool:
+        """Sleep ``delay_s`` before the next reconnect attempt; False when ``stop`` was set meanwhile.
+
+        Reconnecting can keep ``frames()`` silent for up to ``camera.reconnect_max_s`` (30 s by
+        default), longer than ``pipeline.heartbeat_timeout_s``. Waking every poll interval to call
+        ``on_alive`` is what tells the watchdog and /healthz that the acquisition thread is
+        alive and doing its job: the liveness proof comes from the thread itself, so an attempt
+        that hangs inside a driver call (open, enumerate) still stops the heartbeat.
+        """
+        deadline = time.monotonic() + delay_s
+        while True:
+            self._report_alive()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return not stop.is_set()
+            if stop.wait(min(POLL_INTERVAL_S, remaining)):
+                return False
+
+    def _report_alive(self) -> None:
+        callback = self.on_alive
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - liveness reporting must never stop acquisition
+                _log.exception("camera_alive_callback_failed")
 
     def trigger(self) -> bool:
         """Software trigger (sources that support it; ``camera.trigger.mode: software``).

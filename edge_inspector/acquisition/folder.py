@@ -27,7 +27,8 @@ def folder_trigger_mode(camera_cfg: CameraConfig) -> str:
     Each replayed image normally stands for a part, so unless the station config *explicitly*
     says ``camera.trigger.mode: free_run`` the replay behaves like a hardware-triggered camera
     paced at ``camera.fps`` (triggered: the pipeline applies back-pressure, never drops).
-    ``software`` releases one image per ``trigger()`` call and ignores ``camera.fps``.
+    ``software`` releases one image per ``trigger()`` call and does not pace by itself (the
+    daemon's trigger timer fires at ``camera.fps``: see acquisition/trigger.py).
     """
     trigger_cfg = camera_cfg.trigger
     explicitly_set = "trigger" in camera_cfg.model_fields_set and "mode" in trigger_cfg.model_fields_set

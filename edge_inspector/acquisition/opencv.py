@@ -170,7 +170,7 @@ class OpenCVSource(FrameSource):
         while not self._stop.is_set():
             delay = backoff.next_delay()
             self._set_state("reconnecting", f"{self.path}: {reason}; retry in {delay:.2f}s")
-            if self._stop.wait(delay):
+            if not self.wait_to_reconnect(self._stop, delay):
                 return False
             cap = self._open_capture()
             if cap is not None:

@@ -339,7 +339,7 @@ class PylonSource(FrameSource):
             attempt += 1
             delay = backoff.next_delay()
             self._set_state("reconnecting", f"{self.serial}: {reason}; attempt {attempt} in {delay:.2f}s")
-            if self._stop.wait(delay):
+            if not self.wait_to_reconnect(self._stop, delay):
                 return False
             try:
                 camera = self._connect()

@@ -26,6 +26,11 @@ class TriggerConfig(_Section):
     # Hardware trigger input line for pylon cameras (Line1, Line2, ...).
     source: str = "Line1"
     activation: Literal["RisingEdge", "FallingEdge"] = "RisingEdge"
+    software_source: Literal["timer", "command"] = Field(
+        "timer",
+        description="mode software: who fires the triggers. timer = the daemon, every 1/camera.fps s "
+                    "(never faster than the pipeline takes frames); command = only P/cmd/trigger (PLC/MES)",
+    )
 
 
 class CameraConfig(_Section):

@@ -47,10 +47,11 @@ TRAIN_ITERATIONS: Optional[int] = None  # knn: none; used if DEMO_HEAD is an AE 
 # calibration falls back to a Gaussian tail, and 1 % (the station default) is very conservative.
 FAR_TARGET = 0.05
 FPS = 10.0  # parts per second on the emulated line
-# The emulated camera streams at FPS (free run). In software-trigger mode something must fire
-# each trigger (the daemon does not pace software triggers by itself), so the demo uses free run;
-# the frame ids still map every verdict to its part (see _frame_for).
-PYLON_TRIGGER = "free_run"
+# The emulated camera is software-triggered, as a station imaging parts on a conveyor would be:
+# the daemon's trigger timer fires FPS triggers per second (camera.trigger.software_source:
+# timer, the default) and waits when inference lags, so every part is imaged exactly once and
+# none is dropped. The frame ids map every verdict to its part (see _frame_for).
+PYLON_TRIGGER = "software"
 TOPIC_PREFIX = "edge-inspector"
 LINE, STATION = "demo", "station1"
 
@@ -239,8 +240,8 @@ class MesSubscriber:
 def _frame_for(payload: dict, frames: list[Frame], arrival_index: int) -> Optional[Frame]:
     """Match a result to the replayed file. The folder source names frames ``<stem>-<n>``; the
     pylon source ``<serial>-<n>`` with n counting every grabbed image, and the emulator replays
-    the folder in name order, looping, so image n is file (n-1) mod len(files) even when the
-    pipeline dropped frames in free run. Else fall back to arrival order."""
+    the folder in name order, looping (one file per trigger), so image n is file (n-1) mod
+    len(files), even when frames were dropped in free run. Else fall back to arrival order."""
     import re
 
     fid = str(payload.get("frame_id", ""))

@@ -11,7 +11,8 @@
 * Order is preserved end to end (every stage is a single thread, queues are FIFO), so ``seq``
   follows grab order.
 * Every stage beats a heartbeat each time it handles an item or wakes up from an empty queue;
-  a stage stuck inside a call (driver, session.run, publisher) stops beating.
+  a stage stuck inside a call (driver, session.run, publisher) stops beating. The acquisition
+  stage also beats while its camera waits to reconnect (``FrameSource.on_alive``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class Pipeline:
         self._threads: dict[str, threading.Thread] = {}
         self._beats = {stage: time.monotonic() for stage in STAGES}
         self._acquisition_waiting_for_camera = False
+        # A source that is reconnecting by itself yields nothing for up to camera.reconnect_max_s;
+        # it proves that the acquisition thread is alive from inside its retry wait (see
+        # FrameSource.wait_to_reconnect), so a hung thread still stops beating.
+        source.on_alive = self._beat_acquisition
         self._stop_acquisition = threading.Event()
         self.finished = threading.Event()  # set when the publish stage has handled END
         self.failure: Optional[str] = None  # a stage died (bug or camera error): the daemon exits 1
@@ -145,11 +150,14 @@ class Pipeline:
     def _beat(self, stage: str) -> None:
         self._beats[stage] = time.monotonic()
 
+    def _beat_acquisition(self) -> None:
+        self._beat("acquisition")
+
     def heartbeat_ages(self) -> dict[str, float]:
         now = time.monotonic()
         ages = {stage: now - t for stage, t in self._beats.items()}
         # A triggered camera waits for the next part for as long as the line is idle (breaks,
-        # shift change): that is not a stall, and reconnects are the source's own job.
+        # shift change): that is not a stall. (A reconnecting source beats through on_alive.)
         if self._acquisition_waiting_for_camera and getattr(self.source, "triggered", False):
             ages["acquisition"] = 0.0
         return ages

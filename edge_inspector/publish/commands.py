@@ -1,4 +1,4 @@
-"""Remote commands on ``P/cmd/<name>``: reload, set-threshold, snapshot, status.
+"""Remote commands on ``P/cmd/<name>``: reload, set-threshold, snapshot, status, trigger.
 
 Request: publish a JSON object (or an empty payload for ``{}``) to ``P/cmd/<name>``, QoS 1.
 With MQTT 5 set the *Response Topic* and *Correlation Data* properties; the reply goes to that
@@ -68,11 +68,24 @@ class StatusArgs(_Args):
     pass
 
 
+# One command may image a short burst of parts; bounded because each pylon trigger may wait up to
+# camera.grab_timeout_ms for the camera, and the command worker serves one command at a time.
+MAX_TRIGGERS_PER_COMMAND = 32
+
+
+class TriggerArgs(_Args):
+    """Fire software triggers (camera.trigger.mode: software, software_source: command)."""
+
+    count: int = Field(1, ge=1, le=MAX_TRIGGERS_PER_COMMAND, strict=True,
+                       description="triggers to fire back to back; each one ends as one result")
+
+
 COMMANDS: dict[str, type[_Args]] = {
     "reload": ReloadArgs,
     "set-threshold": SetThresholdArgs,
     "snapshot": SnapshotArgs,
     "status": StatusArgs,
+    "trigger": TriggerArgs,
 }
 
 
@@ -253,6 +266,12 @@ class CommandHandler:
 
     def _cmd_status(self, args: StatusArgs) -> dict:
         return dict(self.control.status())
+
+    def _cmd_trigger(self, args: TriggerArgs) -> dict:
+        ok, message = self.control.trigger(args.count)
+        if not ok:
+            raise _CommandFailed(_one_line(message))
+        return {"count": args.count, "message": message}
 
 
 class _CommandFailed(Exception):

@@ -22,6 +22,8 @@ class FakeControl:
         self.reload_result = (True, "config reloaded")
         self.status_dict = {"fps": 4.9, "mqtt_state": "connected", "outbox_depth": 3, "camera_state": "open"}
         self.status_calls = 0
+        self.trigger_calls: list[int] = []
+        self.trigger_result = (True, "triggers fired")
 
     def beat(self, *stages: str) -> None:
         with self._lock:
@@ -40,6 +42,10 @@ class FakeControl:
     def set_threshold(self, value: float):
         self.threshold = value
         return True, f"threshold set to {value}"
+
+    def trigger(self, count: int = 1):
+        self.trigger_calls.append(count)
+        return self.trigger_result
 
     def snapshot(self):
         return self.frame
