@@ -34,7 +34,7 @@ import numpy as np
 from edge_inspector.acquisition.trigger import SoftwareTrigger
 from edge_inspector.config.loader import load_config
 from edge_inspector.config.models import Config
-from edge_inspector.errors import InputError
+from edge_inspector.errors import ConfigError, InputError
 from edge_inspector.inference.bundle import ModelBundle, load_bundle
 from edge_inspector.logging import get_logger, setup_logging
 from edge_inspector.observer import CompositeObserver, PipelineObserver
@@ -73,7 +73,11 @@ def _default_publisher(cfg: Config, model_info: dict, on_state, outbox=None, on_
     from edge_inspector.publish.outbox import Outbox
 
     if outbox is None:
-        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_mb, cfg.outbox.when_full)
+        try:
+            outbox = Outbox(cfg.outbox.path, cfg.outbox.max_mb, cfg.outbox.when_full)
+        except OSError as exc:  # folder cannot be created, no permission, read-only mount: the key is wrong
+            raise ConfigError(f"outbox.path={cfg.outbox.path}: cannot create the outbox "
+                              f"({exc.strerror or exc.__class__.__name__}: {exc.filename or cfg.outbox.path})") from None
     return MqttPublisher(cfg, outbox, model_info, on_state=on_state, on_acked=on_acked)
 
 
@@ -485,13 +489,22 @@ class Supervisor:
             try:
                 runtime = build_runtime(self.cfg, bundle, engine, self._runtime.generation + 1)
             except InputError as exc:
-                self.model_load = {"state": "failed", "model": bundle.name, "message": str(exc)}
-                self.observer.on_state("model", "load_failed", str(exc))
-                return
-            self._threshold_override = None
-            self._swap_runtime(runtime)
-            self.model_load = {"state": "in_service", "model": bundle.name, "sha256": bundle.sha256}
-        self.observer.on_state("model", "in_service", f"{bundle.name} {bundle.sha256[:12]}")
+                # e.g. a later reload changed the ROI/lighting to something this bundle rejects:
+                # same outcome as a failed load — the running model stays, and says so everywhere.
+                restored = self.cfg.model.model_copy(update={k: getattr(running_model_cfg, k) for k in ENGINE_KEYS})
+                self.cfg = self.cfg.model_copy(update={"model": restored})
+                failed = f"model {bundle.directory} not put in service, keeping {self._runtime.bundle.name}: {exc}"
+                self.model_load = {"state": "failed", "model": bundle.name, "message": failed}
+                log.error("model_load_failed", message=failed)
+            else:
+                failed = None
+                self._threshold_override = None
+                self._swap_runtime(runtime)
+                self.model_load = {"state": "in_service", "model": bundle.name, "sha256": bundle.sha256}
+        if failed is not None:
+            self.observer.on_state("model", "load_failed", failed)
+        else:
+            self.observer.on_state("model", "in_service", f"{bundle.name} {bundle.sha256[:12]}")
         self._publish_status()
 
     def _replace_publisher(self, new_cfg: Config) -> None:

@@ -52,6 +52,16 @@ def test_bad_override_is_config_error():
         load_config(None, ["camera.fps"])
 
 
+def test_bad_override_value_names_the_set_not_a_file_line(tmp_path):
+    path = write(tmp_path, "station:\n  line: l2\ncamera:\n  fps: 5\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, ["camera.fps=-1"])
+    assert str(exc.value).startswith("--set camera.fps=-1: camera.fps: Input should be greater than 0")
+    with pytest.raises(ConfigError) as exc:  # an error in the file itself still points at its line
+        load_config(write(tmp_path, "camera:\n  fps: 0\n"), ["station.name=st3"])
+    assert ":2: camera.fps:" in str(exc.value)
+
+
 def test_check_config_cli_exit_codes(tmp_path):
     bad = write(tmp_path, "camera:\n  fps: 0\n")
     r = subprocess.run([sys.executable, "-m", "edge_inspector", "check-config", str(bad)], capture_output=True, text=True)

@@ -162,3 +162,17 @@ def test_unknown_extra_fields_are_tolerated_for_forward_compatibility():
 def test_model_info_is_checked_once_with_a_clear_message():
     with pytest.raises(PayloadError, match="'sha256' must be 64 lowercase hex"):
         check_model_info({"name": "m", "sha256": "ABC"})
+
+
+@pytest.mark.parametrize("name", ["result", "plc", "status", "health"])
+def test_docs_mqtt_examples_validate_against_the_published_schemas(name):
+    """The first JSON example under each payload heading of docs/mqtt.md is what MES/PLC
+    developers copy: it must stay valid against the schema the station is tested with."""
+    import re
+
+    md = (SCHEMAS.parent / "mqtt.md").read_text()
+    match = re.search(rf"### `P/{name}`.*?```json\n(.*?)```", md, re.S)
+    assert match, f"docs/mqtt.md has no JSON example for P/{name}"
+    example = json.loads(match.group(1))
+    errors = [e.message for e in validator(name).iter_errors(example)]
+    assert not errors, errors

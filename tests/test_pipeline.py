@@ -275,11 +275,12 @@ def test_heartbeats_show_the_stalled_stage_only(tmp_path, model_dir):
     try:
         time.sleep(0.3)
         engine.gate.clear()  # inference hangs inside session.run
-        time.sleep(1.5)
+        time.sleep(3.0)
         beats = sup.stage_heartbeats()
         assert set(beats) == {"acquisition", "preprocess", "inference", "postprocess", "publish"}
-        assert beats["inference"] > 1.0
-        assert all(beats[s] < 0.8 for s in ("acquisition", "preprocess", "postprocess", "publish")), beats
+        # waiting stages beat every 0.5 s: < 1.5 s leaves room for a loaded 2-core CI box
+        assert beats["inference"] > 2.5
+        assert all(beats[s] < 1.5 for s in ("acquisition", "preprocess", "postprocess", "publish")), beats
     finally:
         engine.gate.set()
         sup.request_stop("test")
@@ -441,3 +442,52 @@ def test_reload_with_new_broker_replaces_publisher_on_same_outbox(tmp_path, mode
         t.join(20)
     ids = [v.frame_id for v in first.verdicts + second.verdicts]
     assert ids == [f"f{i}" for i in range(len(ids))]  # nothing lost or repeated across the handover
+
+
+def test_reload_applies_threshold_roi_lighting_postprocess_archive_without_reopening_the_camera(tmp_path, model_dir):
+    config = tmp_path / "station.yaml"
+    base = {"model": {"path": str(model_dir), "warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
+            "postprocess": {"min_defect_area_px": 1},
+            "archive": {"enabled": True, "path": str(tmp_path / "archive")}, "health": {"enabled": False}}
+    config.write_text(yaml.safe_dump(base))
+    opened = []
+
+    class CountingSource(ListSource):
+        def open(self):
+            opened.append(time.monotonic())
+            super().open()
+
+    source = CountingSource([blotched() for _ in range(2000)], interval_s=0.005)
+    engine = NumpyEngine()
+    sup = Supervisor(Config.model_validate(base), config_path=config, publisher_factory=FakePublisher,
+                     source_factory=lambda c, on_state: _wired(source, on_state), engine_factory=lambda c, b: engine)
+    sup.start()
+    t = threading.Thread(target=sup.run)
+    t.start()
+    try:
+        time.sleep(0.2)
+        first = sup.current_runtime()
+        new = {**base, "model": {**base["model"], "threshold": 0.8},
+               "preprocess": {"roi": [8, 4, 96, 80], "lighting": "clahe"},
+               "postprocess": {"min_defect_area_px": 5, "max_defects": 3},
+               "archive": {**base["archive"], "max_mb": 10.0, "sample_ok_every": 2}}
+        config.write_text(yaml.safe_dump(new))
+        ok, msg = sup.reload()
+        assert ok and "threshold 0.5 -> 0.8" in msg and "preprocess" in msg and "postprocess" in msg, msg
+        rt = sup.current_runtime()
+        assert rt.engine is first.engine and rt.bundle.sha256 == first.bundle.sha256  # no model reload
+        assert rt.generation == first.generation + 1
+        assert rt.preprocessor.roi == (8, 4, 96, 80) and rt.preprocessor.lighting == "clahe"
+        assert rt.regions.min_defect_area_px == 5 and rt.regions.max_defects == 3
+        assert "archive: max_mb 2048.0 -> 10.0, sample_ok_every 0 -> 2" in msg, msg
+        n = len(sup.publisher.verdicts)
+        deadline = time.monotonic() + 10
+        while not any(v.threshold == 0.8 for v in sup.publisher.verdicts[n:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(v.threshold == 0.8 for v in sup.publisher.verdicts[n:])
+        assert len(opened) == 1 and not source._closed.is_set()  # the camera never restarted
+    finally:
+        sup.request_stop("test")
+        t.join(20)
+    ids = [v.frame_id for v in sup.publisher.verdicts]
+    assert ids == [f"f{i}" for i in range(len(ids))]  # nothing lost or repeated across the reload

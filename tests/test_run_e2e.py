@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 
 import cv2
 import numpy as np
@@ -140,9 +139,12 @@ def test_bad_frames_become_error_verdicts_and_run_continues(tmp_path, mosquitto,
         (lambda c, t: c["camera"].update(path=str(t / "nowhere")), r"camera\.path=.*nowhere"),
         (lambda c, t: c["preprocess"].update(lighting="match_train"), r"match_train"),
         (lambda c, t: c["mqtt"].update(password_env="EI_TEST_UNSET_PASSWORD", username="u"), r"EI_TEST_UNSET_PASSWORD"),
+        # a file where the outbox folder should be (works as root too, unlike a permission test)
+        (lambda c, t: ((t / "not-a-dir").write_text("x"), c["outbox"].update(path=str(t / "not-a-dir" / "o.sqlite"))),
+         r"outbox\.path=.*not-a-dir.*cannot create the outbox"),
     ],
     ids=["negative-fps", "unknown-key", "missing-model", "corrupt-model-json", "missing-camera-folder",
-         "lighting-needs-train-stats", "password-env-unset"],
+         "lighting-needs-train-stats", "password-env-unset", "outbox-path-unusable"],
 )
 def test_invalid_config_one_line_exit_2(tmp_path, model_dir, mutate, expect):
     images = tmp_path / "images"
@@ -186,10 +188,12 @@ def test_sigterm_is_clean_and_status_retained_offline(tmp_path, mosquitto, model
         assert stopped["reason"] == "SIGTERM" and stopped["clean"] is True
         # every frame that entered the pipeline was published: nothing left in flight
         assert stopped["frames_in"] == stopped["frames_out"] + stopped["frames_dropped"]
-        time.sleep(0.3)
+        # the daemon had all PUBACKs before it exited; the subscriber's copies may still be on
+        # their way on a loaded machine, so wait for them rather than sleep a fixed time
+        sub.wait_for(lambda: len(sub.results_by_seq()) >= stopped["frames_out"], 10, "every published result")
         seqs = sorted(sub.results_by_seq())
         assert len(seqs) == stopped["frames_out"] and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-        assert sub.payloads("status")[-1]["online"] is False
+        sub.wait_for(lambda: sub.payloads("status")[-1]["online"] is False, 10, "offline status")
     finally:
         sub.close()
         if proc is not None and proc.poll() is None:

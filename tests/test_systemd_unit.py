@@ -82,8 +82,15 @@ def test_security_exposure_at_most_3(tmp_path):
     exposure = float(match.group(1))
     print(f"systemd-analyze security exposure: {exposure}")
     assert exposure <= MAX_EXPOSURE
+    # The documented figure is for the systemd version named next to it; other versions score
+    # some settings differently, so only the ≤ 3.0 limit applies there.
     documented = (REPO / "docs" / "operations.md").read_text()
-    assert f"exposure level {exposure}" in documented, "update the figure in docs/operations.md"
+    doc_version = re.search(r"--offline=true systemd/edge-inspector@\.service` \(systemd (\d+)\)", documented)
+    assert doc_version, "docs/operations.md must name the systemd version of its exposure figure"
+    version = subprocess.run([systemd_analyze, "--version"], capture_output=True, text=True, timeout=30).stdout
+    local = re.match(r"systemd (\d+)", version)
+    if local and local.group(1) == doc_version.group(1):
+        assert f"exposure level {exposure}" in documented, "update the figure in docs/operations.md"
 
 
 def test_runtime_survives_memory_deny_write_execute(tmp_path):

@@ -127,7 +127,21 @@ def _looks_like_device(keys: tuple, value: str) -> bool:
     return keys == ("camera", "path") and (value.isdigit() or "://" in value)
 
 
-def _format_validation_error(exc: ValidationError, source: str, tree: Any) -> str:
+def _override_for(loc: list, overrides: Iterable[str]) -> str | None:
+    """The last ``--set`` whose key path is, or contains, the failing key (its value won)."""
+    found = None
+    for text in overrides:
+        try:
+            parts, _ = parse_override(text)
+        except ConfigError:
+            continue
+        n = min(len(parts), len(loc))
+        if n and [str(p) for p in loc[:n]] == parts[:n]:
+            found = text
+    return found
+
+
+def _format_validation_error(exc: ValidationError, source: str, tree: Any, overrides: Iterable[str] = ()) -> str:
     err = exc.errors()[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
     key = ".".join(str(p) for p in loc) or "(top level)"
@@ -136,8 +150,13 @@ def _format_validation_error(exc: ValidationError, source: str, tree: Any) -> st
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"
-    line = _line_of(tree, loc)
-    where = f"{source}:{line}" if line else source
+    override = _override_for(loc, overrides) if loc else None
+    if override is not None:
+        # The value came from the command line: pointing at a line of the file would mislead.
+        where = f"--set {override}"
+    else:
+        line = _line_of(tree, loc)
+        where = f"{source}:{line}" if line else source
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{where}: {key}: {msg}{suffix}"
@@ -170,12 +189,13 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
         if not isinstance(tree, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections (station:, camera:, ...)")
     data = _plain(tree)
+    overrides = list(overrides)
     apply_overrides(data, overrides)
     _resolve_paths(data, base)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source, tree)) from None
+        raise ConfigError(_format_validation_error(exc, source, tree, overrides)) from None
 
 
 def dump_config(cfg: Config) -> str:

@@ -129,7 +129,8 @@ class OutboxConfig(_Section):
     path: Path = Field(Path("state/outbox.sqlite"), description="sqlite file; results wait here until PUBACK")
     max_mb: float = Field(512.0, gt=0)
     # drop_oldest: evict the oldest unsent results (counted, logged) to keep inspecting;
-    # stop: refuse new results (verdicts become ERROR locally) until space frees.
+    # stop: refuse new results; the publish stage holds the verdict and retries until acked
+    # results free space (back-pressure; the stalled publish heartbeat shows in /healthz and the watchdog).
     when_full: Literal["drop_oldest", "stop"] = "drop_oldest"
 
 
