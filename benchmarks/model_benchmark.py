@@ -1,0 +1,259 @@
+"""Model benchmark: AE only, AE + SA-GAN (the paper's model), PatchCore-style kNN and the default
+(fused) head, trained on the same split of the same cached features, evaluated side by side.
+
+Per dataset the backbone features are computed once; the AE-only model and the AE + GAN model are
+trained once each (same seed, same initial weights), and the kNN memory bank once; the four
+bundles are then assembled from those parts, calibrated on the same hold-out, exported to ONNX
+and evaluated through the runtime engine (``evaluate_bundle``: onnxruntime, no torch). Latency
+and peak RSS come from ``edge-inspector bench`` in a separate process (the inference process a
+station runs, without torch).
+
+    .venv/bin/python benchmarks/model_benchmark.py --json benchmarks/results/model.json
+
+Prints one JSON document (and writes it with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATASETS = {
+    "bottle": ("mvtec_ad", "bottle"),
+    "tire": ("mvtec_3d_ad", "tire"),
+}
+HEAD_ORDER = ("ae", "aegan", "knn", "default")
+METRICS = (
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "pixel_auroc",
+    "aupro_30",
+    "threshold",
+    "far_at_threshold",
+    "recall_at_threshold",
+    "far_strong_light",
+    "latency_ms_median",
+)
+
+
+def datasets_root() -> Path:
+    return Path(os.environ.get("EDGE_INSPECTOR_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+_FOOTPRINT_CODE = """
+import json, sys
+from edge_inspector.inference.bench import bench_bundle
+result = bench_bundle(sys.argv[1], runs=int(sys.argv[2]), threads=int(sys.argv[3]))
+status = open("/proc/self/status").read().split("\\n")
+hwm = [line for line in status if line.startswith("VmHWM:")]
+result["peak_rss_mb_vmhwm"] = int(hwm[0].split()[1]) / 1024.0 if hwm else None
+result["torch_imported"] = "torch" in sys.modules
+print(json.dumps(result))
+"""
+
+
+def bench_process(model_dir: Path, runs: int, threads: int) -> dict:
+    """The runtime bench (``edge_inspector.inference.bench.bench_bundle``) in a fresh process: the
+    footprint of an inference-only process, without torch.
+
+    Peak RSS is read from ``/proc/self/status`` (VmHWM), not from ``getrusage``: ru_maxrss survives
+    fork + exec on Linux, so a child of this (multi-GB, feature-caching) process would report the
+    parent's peak instead of its own."""
+    proc = subprocess.run([sys.executable, "-c", _FOOTPRINT_CODE, str(model_dir), str(runs), str(threads)],
+                          cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["bench failed"])[-1]}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result.get("peak_rss_mb_vmhwm") is not None:
+        result["peak_rss_mb_getrusage"] = result.get("peak_rss_mb")
+        result["peak_rss_mb"] = result["peak_rss_mb_vmhwm"]
+    return result
+
+
+def remeasure(json_path: Path, runs: int, threads: int) -> dict:
+    """Re-run latency/RSS for the bundles of an earlier run (e.g. on a quieter machine)."""
+    report = json.loads(json_path.read_text())
+    for dataset in report["datasets"].values():
+        for row in dataset.get("heads", {}).values():
+            bench = bench_process(Path(row["model_dir"]), runs, threads)
+            row.update(ms_per_image=bench.get("latency_ms_median"), ms_p99=bench.get("latency_ms_p99"),
+                       peak_rss_mb=bench.get("peak_rss_mb"), torch_imported=bench.get("torch_imported"))
+    return report
+
+
+def reuse_autoencoder(model_dir: Path):
+    """(Components with the trained MDAAE and its curve, feature mean, feature std) from a bundle."""
+    from edge_inspector.training.export import load_checkpoint
+    from edge_inspector.training.train import Components
+
+    model, meta = load_checkpoint(model_dir)
+    curve = json.loads((model_dir / "training_curve.json").read_text())
+    timing = {k: v for k, v in meta["training"]["timing"].items() if k.endswith("_ms") or k.endswith("_steps")}
+    parts = Components(ae=model.mdaae, ae_config=model.config.mdaae, used_gan=bool(curve.get("gan")),
+                       curve=curve["points"], timing=timing)
+    return parts, model.feature_mean.clone(), model.feature_std.clone()
+
+
+def restandardise(data, mean, std):
+    """Re-express cached standardised features with another (the reused model's) mean/std."""
+    from dataclasses import replace
+
+    def convert(z):
+        return (z * data.feature_std + data.feature_mean - mean) / std
+
+    return replace(data, z_train=convert(data.z_train), z_clean=convert(data.z_clean), z_hold=convert(data.z_hold),
+                   feature_mean=mean, feature_std=std)
+
+
+def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
+    import torch
+
+    from edge_inspector.training.backbone import DEFAULT_TAPS, FeatureExtractor
+    from edge_inspector.training.evaluate import evaluate_bundle
+    from edge_inspector.training.train import TrainSettings, _set_determinism, assemble, fit_components, prepare_data
+
+    settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size, seed=args.seed,
+                             progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight)
+    _set_determinism(settings.seed, settings.threads)
+    t0 = time.perf_counter()
+    # Reusing trained autoencoders: the augmented copies were only needed to train them.
+    data_settings = TrainSettings(**{**settings.__dict__, "augmented_copies": 0}) if args.reuse else settings
+    data = prepare_data(data_dir, data_settings, FeatureExtractor(DEFAULT_TAPS))
+    features_s = time.perf_counter() - t0
+    parts = {}
+    if args.reuse:
+        # Autoencoders from an earlier run of this benchmark (same split and seed): only the kNN
+        # bank is rebuilt and all four heads are re-assembled, calibrated and evaluated.
+        previous = json.loads((Path(args.reuse) / "result.json").read_text())["datasets"][name]
+        parts["ae"], mean, std = reuse_autoencoder(Path(args.reuse) / name / "ae")
+        gan_parts, _, _ = reuse_autoencoder(Path(args.reuse) / name / "aegan")
+        data = restandardise(data, mean, std)
+        t0 = time.perf_counter()
+        bank = fit_components(data, settings, train_ae=False, use_gan=False, build_bank=True)
+        gan_parts.bank, gan_parts.timing = bank.bank, {**gan_parts.timing, **bank.timing}
+        gan_and_bank = gan_parts
+        ae_s = previous["timing"]["ae_train_s"]
+        gan_s = previous["timing"]["aegan_train_s"]
+        features_s = previous["timing"]["features_s"]
+    else:
+        t0 = time.perf_counter()
+        parts["ae"] = fit_components(data, settings, train_ae=True, use_gan=False, build_bank=False)
+        ae_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gan_and_bank = fit_components(data, settings, train_ae=True, use_gan=True, build_bank=True)
+        gan_s = time.perf_counter() - t0 - gan_and_bank.timing.get("coreset_s", 0.0)
+    parts.update(aegan=gan_and_bank, knn=gan_and_bank, default=gan_and_bank)
+    train_seconds = {
+        "ae": features_s + ae_s,
+        "aegan": features_s + gan_s,
+        "knn": features_s + gan_and_bank.timing.get("coreset_s", 0.0),
+        "default": features_s + gan_s + gan_and_bank.timing.get("coreset_s", 0.0),
+    }
+    results = {}
+    for head in args.heads:
+        out = work / name / head
+        assemble(head, data, parts[head], settings, out, name=f"{name}-{head}")
+        meta = json.loads((out / "model.json").read_text())
+        ev = evaluate_bundle(out, data_dir, threads=args.threads)
+        bench = bench_process(out, args.bench_runs, args.threads)
+        row = {k: ev.get(k) for k in METRICS}
+        row.update(
+            ms_per_image=bench.get("latency_ms_median"),
+            ms_p99=bench.get("latency_ms_p99"),
+            peak_rss_mb=bench.get("peak_rss_mb"),
+            torch_imported=bench.get("torch_imported"),
+            train_s=round(train_seconds[head], 1),
+            per_type=ev.get("per_type"),
+            parity_max_abs_diff=max(meta["export"]["parity"]["max_abs_diff_map"], meta["export"]["parity"]["max_abs_diff_score"]),
+            frechet_initial=meta["training_curve"].get("frechet_initial"),
+            frechet_final=meta["training_curve"].get("frechet_final"),
+            model_dir=str(out),
+        )
+        results[head] = row
+        print(json.dumps({"dataset": name, "head": head, **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro_30", "ms_per_image")}}),
+              file=sys.stderr, flush=True)
+    timing = {
+        "n_backbone_passes": data.timing["n_backbone_passes"],
+        "features_s": round(features_s, 1),
+        "ae_train_s": round(ae_s, 1),
+        "aegan_train_s": round(gan_s, 1),
+        "coreset_s": gan_and_bank.timing.get("coreset_s"),
+        "bank_size": gan_and_bank.timing.get("bank_size"),
+        "ae_only_step_ms": parts["ae"].timing.get("ae_step_ms"),
+        "gan_step_ms": gan_and_bank.timing.get("gan_step_ms"),
+        "n_train": int(data.train_idx.size),
+        "n_holdout": int(data.hold_idx.size),
+    }
+    return {"timing": timing, "heads": results}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--heads", nargs="+", default=list(HEAD_ORDER), choices=list(HEAD_ORDER))
+    p.add_argument("--iterations", type=int, default=None, help="AE iterations (default: the train default)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bench-runs", type=int, default=100)
+    p.add_argument("--workdir", default=None, help="keep the bundles here (default: a temp dir)")
+    p.add_argument("--json", dest="json_out", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--fusion-ae-weight", type=float, default=0.5, help="default head: weight of the AE term")
+    p.add_argument("--reuse", default=None, metavar="WORKDIR",
+                   help="reuse the autoencoders trained by an earlier run (its --workdir, holding result.json); "
+                        "rebuilds the kNN bank and re-assembles and re-evaluates all heads")
+    p.add_argument("--remeasure", default=None, metavar="RESULT.json",
+                   help="only re-run latency/RSS for the bundles listed in an earlier result (needs its --workdir)")
+    args = p.parse_args(argv)
+    if args.remeasure:
+        report = remeasure(Path(args.remeasure), args.bench_runs, args.threads)
+        text = json.dumps(report, indent=1)
+        print(text)
+        if args.json_out:
+            Path(args.json_out).write_text(text)
+        return 0
+
+    from edge_inspector.logging import setup_logging
+
+    setup_logging("WARNING")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work_ctx = tempfile.TemporaryDirectory() if args.workdir is None else None
+    work = Path(args.workdir) if args.workdir else Path(work_ctx.name)
+    started = time.perf_counter()
+    report = {"image_size": args.image_size, "seed": args.seed, "iterations": args.iterations, "threads": args.threads,
+              "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]), "datasets": {}}
+    for name in args.datasets:
+        data_dir = datasets_root().joinpath(*DATASETS[name])
+        if not (data_dir / "train" / "good").is_dir():
+            report["datasets"][name] = {"skipped": f"{data_dir} not found"}
+            continue
+        report["datasets"][name] = run_dataset(name, data_dir, work, args)
+        if args.json_out:  # partial results survive an interrupted run
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(json.dumps(report, indent=1))
+        (work / "result.json").write_text(json.dumps(report, indent=1))
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    if work_ctx is not None:
+        work_ctx.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

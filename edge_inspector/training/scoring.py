@@ -1,0 +1,166 @@
+"""The whole inspection graph — image in, anomaly map and image score out — as one torch module,
+exported as is to ONNX so the runtime needs nothing but onnxruntime.
+
+Heads (``model.json: head``):
+  ae       autoencoder discrepancy (MDAAE trained on reconstruction only)
+  aegan    the paper's model: MDAAE trained with the self-attention GAN, same discrepancy map
+  knn      PatchCore-style nearest-neighbour distance to a coreset memory bank
+  default  what a station runs: AE-GAN discrepancy + kNN distance, each term standardised by its
+           per-position mean/std on held-out good images, then averaged
+
+Autoencoder discrepancy per grid cell: ``0.5·L2/mean(L2) + 0.5·(1−cos)/mean(1−cos)`` on the
+standardised features, each term divided by its mean on good training images (the prototype's
+best image-level definition: plain ``1 − cos`` was worst on textures, L2 alone best at pixel level,
+the balanced sum best overall).
+
+Map → score: bilinear upsampling from the stride-8 grid to S×S, separable Gaussian smoothing
+(σ = 4 px at 256², scaled with S) with reflect padding, then the affine score normalisation fitted
+on held-out good images; the image score is the map's maximum. The map and the score share units,
+so the runtime can threshold the map at the image threshold to find defect regions, and an image
+with score ≥ threshold always has at least one map pixel ≥ threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_inspector.training.backbone import DEFAULT_TAPS, FeatureExtractor, Tap
+from edge_inspector.training.knn import KnnScorer
+from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_terms
+
+HEADS = ("default", "aegan", "ae", "knn")
+AE_HEADS = ("default", "aegan", "ae")
+KNN_HEADS = ("default", "knn")
+GAN_HEADS = ("default", "aegan")
+
+
+@dataclass
+class ModelConfig:
+    head: str
+    image_size: int
+    taps: tuple[Tap, ...] = DEFAULT_TAPS
+    mdaae: MdaaeConfig | None = None
+    bank_size: int = 0
+    smoothing_sigma_px: float | None = None  # None: 4 px at 256², scaled with the image size
+    fusion_weights: dict = field(default_factory=lambda: {"ae": 0.5, "knn": 0.5})
+
+    @property
+    def sigma(self) -> float:
+        return self.smoothing_sigma_px if self.smoothing_sigma_px else 4.0 * self.image_size / 256.0
+
+    def as_dict(self) -> dict:
+        return {
+            "head": self.head,
+            "image_size": self.image_size,
+            "taps": [t.as_dict() for t in self.taps],
+            "mdaae": self.mdaae.as_dict() if self.mdaae else None,
+            "bank_size": self.bank_size,
+            "smoothing_sigma_px": self.smoothing_sigma_px,
+            "fusion_weights": dict(self.fusion_weights),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        mdaae = d.get("mdaae")
+        return cls(
+            head=d["head"],
+            image_size=int(d["image_size"]),
+            taps=tuple(Tap(**t) for t in d["taps"]),
+            mdaae=MdaaeConfig(**{**mdaae, "level_channels": tuple(mdaae["level_channels"])}) if mdaae else None,
+            bank_size=int(d.get("bank_size", 0)),
+            smoothing_sigma_px=d.get("smoothing_sigma_px"),
+            fusion_weights=dict(d.get("fusion_weights") or {"ae": 0.5, "knn": 0.5}),
+        )
+
+
+def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+    radius = max(1, int(3.0 * sigma + 0.5))
+    xs = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(xs**2) / (2.0 * sigma**2))
+    return kernel / kernel.sum()
+
+
+class InspectionModel(nn.Module):
+    """Image N×3×S×S (TF-normalised RGB from Preprocessor.prepare) → (map N×1×S×S, score N)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.head not in HEADS:
+            raise ValueError(f"unknown head {config.head!r}")
+        self.config = config
+        self.backbone = FeatureExtractor(config.taps)
+        channels = self.backbone.out_channels
+        self.register_buffer("feature_mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, channels, 1, 1))
+        # Heads are attached empty here and filled by training or by load_state_dict from a checkpoint.
+        self.mdaae = Mdaae(config.mdaae) if config.head in AE_HEADS and config.mdaae else None
+        self.knn = (
+            KnnScorer(torch.zeros(config.bank_size, channels)) if config.head in KNN_HEADS and config.bank_size > 0 else None
+        )
+        # Fitted on good images after training (see train.py): AE term scales, per-term
+        # standardisation for the default head, and the final score normalisation.
+        self.register_buffer("ae_term_scales", torch.ones(2))  # mean L2, mean (1 − cos) on good images
+        self.register_buffer("term_mean", torch.zeros(2))  # [ae, knn] per-position mean on held-out good
+        self.register_buffer("term_std", torch.ones(2))
+        self.register_buffer("score_offset", torch.zeros(()))
+        self.register_buffer("score_scale", torch.ones(()))
+        kernel = gaussian_kernel_1d(config.sigma)
+        self.register_buffer("smooth_x", kernel.view(1, 1, 1, -1))
+        self.register_buffer("smooth_y", kernel.view(1, 1, -1, 1))
+        self.smooth_radius = (kernel.numel() - 1) // 2
+
+    # -- features -------------------------------------------------------------------------
+    def standardised_features(self, image: torch.Tensor) -> torch.Tensor:
+        return (self.backbone(image) - self.feature_mean) / self.feature_std
+
+    # -- per-term grid maps ---------------------------------------------------------------
+    def ae_term(self, z: torch.Tensor) -> torch.Tensor:
+        l2, cos = reconstruction_terms(z, self.mdaae(z))
+        return 0.5 * l2 / self.ae_term_scales[0] + 0.5 * cos / self.ae_term_scales[1]
+
+    def knn_term(self, z: torch.Tensor) -> torch.Tensor:
+        return self.knn(z)
+
+    def raw_grid_map(self, z: torch.Tensor) -> torch.Tensor:
+        head = self.config.head
+        if head in ("ae", "aegan"):
+            return self.ae_term(z)
+        if head == "knn":
+            return self.knn_term(z)
+        w = self.config.fusion_weights
+        ae = (self.ae_term(z) - self.term_mean[0]) / self.term_std[0]
+        knn = (self.knn_term(z) - self.term_mean[1]) / self.term_std[1]
+        return w["ae"] * ae + w["knn"] * knn
+
+    # -- grid → image-size map ------------------------------------------------------------
+    def upsample_and_smooth(self, grid_map: torch.Tensor, size: int) -> torch.Tensor:
+        up = F.interpolate(grid_map, size=(size, size), mode="bilinear", align_corners=False)
+        r = self.smooth_radius
+        up = F.conv2d(F.pad(up, (r, r, 0, 0), mode="reflect"), self.smooth_x)
+        return F.conv2d(F.pad(up, (0, 0, r, r), mode="reflect"), self.smooth_y)
+
+    def raw_map(self, image: torch.Tensor) -> torch.Tensor:
+        """Smoothed S×S map before the final score normalisation (used for calibration)."""
+        z = self.standardised_features(image)
+        return self.upsample_and_smooth(self.raw_grid_map(z), image.shape[-1])
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        anomaly_map = (self.raw_map(image) - self.score_offset) / self.score_scale
+        score = anomaly_map.amax(dim=(1, 2, 3))
+        return anomaly_map, score
+
+
+def score_units_note() -> str:
+    return (
+        "map and score = (smoothed raw map - offset) / scale, offset/scale = mean/std of the raw image "
+        "scores of held-out good training images: 0 is a typical good part, units are standard deviations"
+    )
+
+
+def finite_or(value: float, fallback: float) -> float:
+    return value if math.isfinite(value) and value > 0 else fallback

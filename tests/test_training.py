@@ -1,0 +1,296 @@
+"""Training side: tiny end-to-end train → bundle → ONNX parity, calibration, determinism, bad input.
+
+Everything runs on small synthetic parts (a disc on a background, defects are dark rectangles)
+at 64² with a few iterations, so the module stays within about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_inspector.cli import main  # noqa: E402
+from edge_inspector.inference.bundle import METADATA_KEY, load_bundle  # noqa: E402
+from edge_inspector.training.calibrate import f1_threshold, far_threshold  # noqa: E402
+from edge_inspector.training.knn import KnnScorer, greedy_coreset  # noqa: E402
+from edge_inspector.training.mdaae import MdaaeConfig  # noqa: E402
+from edge_inspector.training.sagan import frechet_distance  # noqa: E402
+from edge_inspector.training.train import TrainSettings, train_autoencoder, train_bundle  # noqa: E402
+
+SIZE = 64
+
+
+def make_part(rng: np.random.Generator, size: int = 80, defect: bool = False) -> np.ndarray:
+    img = np.full((size, size, 3), 70, np.uint8)
+    centre = (size // 2 + int(rng.integers(-2, 3)), size // 2 + int(rng.integers(-2, 3)))
+    cv2.circle(img, centre, size // 3, (190, 170, 150), -1)
+    img = np.clip(img.astype(int) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
+    if defect:
+        x, y = (int(v) for v in rng.integers(size // 3, size // 2, 2))
+        cv2.rectangle(img, (x, y), (x + size // 6, y + size // 7), (15, 15, 15), -1)
+    return img
+
+
+def make_dataset(root: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "train" / "good").mkdir(parents=True)
+    for i in range(n_train):
+        cv2.imwrite(str(root / "train" / "good" / f"{i:03d}.png"), make_part(rng))
+    for kind in ("good", "hole"):
+        (root / "test" / kind).mkdir(parents=True)
+        for i in range(n_test):
+            cv2.imwrite(str(root / "test" / kind / f"{i:03d}.png"), make_part(rng, defect=kind != "good"))
+    return root
+
+
+def prepared(paths: list[Path], size: int = SIZE) -> np.ndarray:
+    from edge_inspector.imageio import read_image
+    from edge_inspector.preprocess import Preprocessor
+
+    pre = Preprocessor(size)
+    return np.stack([pre.prepare(read_image(p))[0] for p in paths])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "part")
+
+
+@pytest.fixture(scope="module")
+def default_bundle(synthetic, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "bundle"
+    torch.set_num_threads(2)
+    train_bundle(synthetic, out, head="default", iterations=30, image_size=SIZE, seed=0, progress=False,
+                 validation=synthetic, augmented_copies=1, curve_points=3)
+    return out
+
+
+# -- end to end -------------------------------------------------------------------------------
+def test_train_writes_a_complete_bundle(default_bundle):
+    for name in ("model.onnx", "model.json", "checkpoint.pt", "training_curve.json"):
+        assert (default_bundle / name).is_file(), name
+    bundle = load_bundle(default_bundle)  # validates format version, keys and onnx_sha256
+    meta = bundle.meta
+    assert meta["head"] == "default" and meta["image_size"] == SIZE
+    assert [lvl["stride"] for lvl in meta["fusion_levels"]] == [8, 16, 32]
+    assert len(meta["training_set"]["fingerprint"]) == 64
+    assert len(meta["preprocess"]["train_stats"]["mean"]) == 3
+    assert "threshold_f1" in meta
+    assert meta["export"]["parity"]["passed"] is True
+    curve = json.loads((default_bundle / "training_curve.json").read_text())["points"]
+    assert len(curve) >= 2 and all(np.isfinite(p["frechet"]) for p in curve)
+    assert meta["training_curve"]["points"][-1]["frechet"] == curve[-1]["frechet"]
+
+
+def test_onnx_is_self_describing_and_matches_torch(default_bundle, synthetic):
+    import onnx
+    import onnxruntime as ort
+
+    from edge_inspector.training.export import load_checkpoint
+
+    proto = onnx.load(str(default_bundle / "model.onnx"))
+    props = {p.key: p.value for p in proto.metadata_props}
+    embedded = json.loads(props[METADATA_KEY])
+    assert embedded["threshold"] == json.loads((default_bundle / "model.json").read_text())["threshold"]
+
+    images = prepared(sorted((synthetic / "test" / "hole").glob("*.png"))[:3])
+    session = ort.InferenceSession(str(default_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    ort_map, ort_score = session.run(["anomaly_map", "score"], {"image": images})
+    assert ort_map.shape == (3, 1, SIZE, SIZE) and ort_score.shape == (3,)
+    model, _ = load_checkpoint(default_bundle)
+    with torch.no_grad():
+        t_map, t_score = model(torch.from_numpy(images))
+    assert np.max(np.abs(ort_map - t_map.numpy())) < 1e-2
+    assert np.max(np.abs(ort_score - t_score.numpy())) < 1e-2
+    # The score is the map's maximum: thresholding the map at the image threshold finds a region
+    # whenever the image is NG.
+    np.testing.assert_allclose(ort_score, ort_map.reshape(3, -1).max(axis=1), rtol=0, atol=1e-5)
+
+
+def test_defective_parts_score_above_good_parts(default_bundle, synthetic):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(default_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    good = session.run(["score"], {"image": prepared(sorted((synthetic / "test" / "good").glob("*.png")))})[0]
+    bad = session.run(["score"], {"image": prepared(sorted((synthetic / "test" / "hole").glob("*.png")))})[0]
+    assert bad.min() > good.max()
+    threshold = load_bundle(default_bundle).threshold
+    assert (bad >= threshold).all()
+
+
+def test_export_cli_writes_onnx_and_reports_parity(default_bundle, tmp_path, capsys):
+    out = tmp_path / "exported.onnx"
+    assert main(["export", "--model", str(default_bundle), "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out.is_file() and report["parity"]["passed"]
+    assert report["parity"]["max_abs_diff_score"] < 1e-2
+
+
+# -- determinism ----------------------------------------------------------------------------------
+def test_training_is_deterministic_for_a_seed(synthetic, tmp_path):
+    states = []
+    for run in ("a", "b"):
+        out = train_bundle(synthetic, tmp_path / run, head="ae", iterations=6, image_size=SIZE, seed=3,
+                           progress=False, export=False, augmented_copies=1, curve_points=2)
+        states.append(torch.load(out / "checkpoint.pt", weights_only=True))
+    first, second = (s["state_dict"] for s in states)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    assert states[0]["meta"]["threshold"] == states[1]["meta"]["threshold"]
+
+
+def test_gan_training_runs_and_tracks_frechet_distance():
+    torch.manual_seed(0)
+    config = MdaaeConfig(level_channels=(8, 8, 16))
+    z = torch.randn(6, 32, 8, 8)
+    settings = TrainSettings(head="aegan", batch_size=4, progress=False, curve_points=5)
+    ae, curve, timing = train_autoencoder(z, z[:4], config, settings, iterations=20, use_gan=True, device="cpu")
+    assert timing["gan_steps"] > 0 and timing["ae_steps"] > 0
+    assert any(p["lambda"] > 0 for p in curve) and any(p["d_loss"] is not None for p in curve)
+    assert curve[-1]["eval_l2"] < curve[0]["eval_l2"]
+
+
+# -- components -----------------------------------------------------------------------------------
+def test_frechet_distance_matches_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    b = rng.normal(size=(4000, 3)) * 2.0 + 1.0
+    # N(0, I) vs N(1, 4I): |Δμ|² = 3, Tr = 3 + 12 − 2·Tr(2I) = 3 → 6
+    assert frechet_distance(a, b) == pytest.approx(6.0, rel=0.08)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_knn_scorer_equals_brute_force_nearest_distance():
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(50, 16, generator=g)
+    z = torch.randn(2, 16, 3, 4, generator=g)
+    got = KnnScorer(bank)(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 16)
+    expected = torch.cdist(flat, bank).min(dim=1).values.reshape(2, 3, 4)
+    torch.testing.assert_close(got[:, 0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_coreset_covers_every_cluster():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0] * 8, [50.0] * 8, [-50.0] * 8])
+    points = torch.cat([c + torch.randn(200, 8, generator=g) for c in centres])
+    chosen = greedy_coreset(points, 3, seed=1)
+    clusters = {int(i) // 200 for i in chosen}
+    assert clusters == {0, 1, 2}
+
+
+# -- calibration ----------------------------------------------------------------------------------
+def test_far_threshold_meets_the_target_on_large_samples():
+    scores = np.random.default_rng(0).normal(size=2000)
+    result = far_threshold(scores, 0.01)
+    assert result["method"] == "empirical"
+    assert (scores >= result["threshold"]).mean() <= 0.01
+    assert (scores >= result["threshold"]).mean() >= 0.009  # not needlessly conservative
+    assert result["threshold"] == pytest.approx(2.326, abs=0.2)
+
+
+def test_far_threshold_on_few_scores_uses_the_gaussian_floor():
+    scores = np.array([0.0, 0.1, -0.2, 0.3, -0.1, 0.05, 0.2, -0.3, 0.15, -0.05])
+    result = far_threshold(scores, 0.01)
+    assert result["threshold"] > scores.max()
+    assert result["method"] == "gaussian_tail_floor"
+    assert result["far_on_calibration"] == 0.0
+
+
+def test_f1_threshold_separates_separable_scores():
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 1.0, 1.2])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    result = f1_threshold(scores, labels)
+    assert result["f1"] == 1.0
+    assert 0.3 < result["threshold"] <= 0.9
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def _one_line_error(capsys, needle: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "expected an error message"
+    last = err[-1]
+    assert "error" in last and needle in last, last
+    assert "Traceback" not in "\n".join(err)
+    return last
+
+
+def test_train_missing_train_good_is_exit_2(tmp_path, capsys):
+    (tmp_path / "cat").mkdir()
+    rc = main(["train", "--data", str(tmp_path / "cat"), "--out", str(tmp_path / "m"), "--head", "knn", "--image-size", "64"])
+    assert rc == 2
+    _one_line_error(capsys, "train/good")
+
+
+def test_train_empty_train_good_is_exit_2(tmp_path, capsys):
+    (tmp_path / "cat" / "train" / "good").mkdir(parents=True)
+    rc = main(["train", "--data", str(tmp_path / "cat"), "--out", str(tmp_path / "m"), "--head", "knn", "--image-size", "64"])
+    assert rc == 2
+    _one_line_error(capsys, "no images")
+
+
+def test_train_with_only_unreadable_images_is_exit_2(tmp_path, capsys):
+    good = tmp_path / "cat" / "train" / "good"
+    good.mkdir(parents=True)
+    ok, png = cv2.imencode(".png", make_part(np.random.default_rng(0)))
+    (good / "truncated.png").write_bytes(png.tobytes()[: len(png) // 2])
+    (good / "garbage.png").write_bytes(b"not an image at all")
+    rc = main(["train", "--data", str(tmp_path / "cat"), "--out", str(tmp_path / "m"), "--head", "knn", "--image-size", "64"])
+    assert rc == 2
+    _one_line_error(capsys, "no readable")
+
+
+def test_train_skips_unreadable_images_when_others_remain(tmp_path, capsys):
+    root = make_dataset(tmp_path / "cat", n_train=4, n_test=1)
+    ok, png = cv2.imencode(".png", make_part(np.random.default_rng(1)))
+    (root / "train" / "good" / "zz_truncated.png").write_bytes(png.tobytes()[: len(png) // 2])
+    rc = main(["train", "--data", str(root), "--out", str(tmp_path / "m"), "--head", "knn", "--image-size", "64", "--no-export"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "zz_truncated.png" in err and "skipped 1 unreadable" in err
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["training_set"]["n_images"] == 4
+
+
+def test_train_bad_image_size_is_exit_2(synthetic, tmp_path, capsys):
+    rc = main(["train", "--data", str(synthetic), "--out", str(tmp_path / "m"), "--image-size", "60"])
+    assert rc == 2
+    _one_line_error(capsys, "--image-size")
+
+
+def test_export_missing_checkpoint_is_exit_2(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.onnx")]) == 2
+    _one_line_error(capsys, "checkpoint.pt")
+
+
+def test_export_corrupt_checkpoint_is_exit_2(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "checkpoint.pt").write_bytes(b"\x80\x04corrupt")
+    assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.onnx")]) == 2
+    _one_line_error(capsys, "corrupt")
+
+
+def test_export_incompatible_checkpoint_is_exit_2(default_bundle, tmp_path, capsys):
+    checkpoint = torch.load(default_bundle / "checkpoint.pt", weights_only=True)
+    checkpoint["meta"]["format_version"] = 999
+    (tmp_path / "m").mkdir()
+    torch.save(checkpoint, tmp_path / "m" / "checkpoint.pt")
+    assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.onnx")]) == 2
+    _one_line_error(capsys, "version")
+
+
+def test_export_checkpoint_with_mismatched_weights_is_exit_2(default_bundle, tmp_path, capsys):
+    checkpoint = torch.load(default_bundle / "checkpoint.pt", weights_only=True)
+    checkpoint["state_dict"].pop("score_scale")
+    (tmp_path / "m").mkdir()
+    torch.save(checkpoint, tmp_path / "m" / "checkpoint.pt")
+    assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.onnx")]) == 2
+    _one_line_error(capsys, "does not match")
