@@ -26,7 +26,18 @@ WARM_UP_RUNS = 5
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux read VmHWM from /proc/self/status: getrusage's ru_maxrss carries over across
+    fork+exec, so a bench started from a big process (a training benchmark) would report the
+    parent's peak (measured: 3.1 GB instead of ~165 MB)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
