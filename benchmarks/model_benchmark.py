@@ -123,7 +123,8 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
     from edge_inspector.training.train import TrainSettings, _set_determinism, assemble, fit_components, prepare_data
 
     settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size, seed=args.seed,
-                             progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight)
+                             progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight,
+                             knn_features=args.knn_features)
     _set_determinism(settings.seed, settings.threads)
     t0 = time.perf_counter()
     # Reusing trained autoencoders: the augmented copies were only needed to train them.
@@ -179,6 +180,11 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
             frechet_final=meta["training_curve"].get("frechet_final"),
             model_dir=str(out),
         )
+        if head == "default":
+            row["fusion_weights"] = meta.get("fusion_weights")
+            row["fusion_selection"] = meta["score_normalisation"].get("fusion", {}).get("selection")
+        if head in ("knn", "default"):
+            row["knn_features"] = meta.get("knn_features")
         results[head] = row
         print(json.dumps({"dataset": name, "head": head, **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro_30", "ms_per_image")}}),
               file=sys.stderr, flush=True)
@@ -209,7 +215,11 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None, help="keep the bundles here (default: a temp dir)")
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--fusion-ae-weight", type=float, default=0.5, help="default head: weight of the AE term")
+    p.add_argument("--fusion-ae-weight", type=float, default=None,
+                   help="default head: fix the weight of the AE term (default: chosen on synthetic anomalies "
+                        "drawn on the held-out good images, as train does)")
+    p.add_argument("--knn-features", default="raw", choices=["raw", "standardised"],
+                   help="feature space of the kNN term (knn and default heads)")
     p.add_argument("--reuse", default=None, metavar="WORKDIR",
                    help="reuse the autoencoders trained by an earlier run (its --workdir, holding result.json); "
                         "rebuilds the kNN bank and re-assembles and re-evaluates all heads")

@@ -294,3 +294,73 @@ def test_export_checkpoint_with_mismatched_weights_is_exit_2(default_bundle, tmp
     torch.save(checkpoint, tmp_path / "m" / "checkpoint.pt")
     assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.onnx")]) == 2
     _one_line_error(capsys, "does not match")
+
+
+# -- default head: fusion weight chosen on synthetic anomalies over good images -----------------
+class _StubTerms:
+    """Just enough of InspectionModel for select_fusion_weight: one informative term, one noise term."""
+
+    def __init__(self, informative: str, good: torch.Tensor) -> None:
+        self.informative = informative
+        self.good_mean = torch.nn.functional.avg_pool2d(good, 8).mean(dim=0, keepdim=True)
+        self.term_mean = torch.zeros(2)
+        self.term_std = torch.ones(2)
+        self.noise = torch.Generator().manual_seed(0)
+
+    def standardised_features(self, image):
+        return torch.nn.functional.avg_pool2d(image, 8)
+
+    def _deviation(self, z):
+        return (z - self.good_mean).abs().sum(dim=1, keepdim=True)
+
+    def _noise(self, z):
+        return torch.rand(z.shape[0], 1, *z.shape[2:], generator=self.noise) * 3.0
+
+    def ae_term(self, z):
+        return self._deviation(z) if self.informative == "ae" else self._noise(z)
+
+    def knn_term(self, z):
+        return self._deviation(z) if self.informative == "knn" else self._noise(z)
+
+    def upsample_and_smooth(self, grid, size):
+        return torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("informative, expected", [("ae", 0.5), ("knn", 0.0)])
+def test_fusion_weight_selection_picks_the_informative_term(synthetic, informative, expected):
+    from edge_inspector.training.fusion import select_fusion_weight
+
+    good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
+    weight, selection = select_fusion_weight(_StubTerms(informative, good), good, seed=0)
+    assert weight == expected
+    assert [row["ae_weight"] for row in selection["candidates"]] == [0.0, 0.1, 0.25, 0.5]
+    assert selection["n_synthetic"] == good.shape[0]
+
+
+def test_fusion_rule_breaks_pixel_ties_by_image_auroc_then_smaller_weight():
+    from edge_inspector.training.fusion import choose
+
+    table = [{"ae_weight": 0.0, "pixel_auroc": 0.9000, "image_auroc": 0.80},
+             {"ae_weight": 0.1, "pixel_auroc": 0.9005, "image_auroc": 0.85},
+             {"ae_weight": 0.25, "pixel_auroc": 0.8500, "image_auroc": 0.99}]
+    assert choose(table) == 0.1
+    table[1]["image_auroc"] = 0.80
+    assert choose(table) == 0.0
+
+
+def test_default_head_chooses_its_fusion_weight_without_test_images(synthetic, tmp_path, monkeypatch):
+    import shutil
+
+    import edge_inspector.datasets as datasets
+
+    data = tmp_path / "goodonly"
+    shutil.copytree(synthetic / "train", data / "train")  # no test/ at all
+    monkeypatch.setattr(datasets, "list_test_items", lambda *a, **k: pytest.fail("train read test items"))
+    out = train_bundle(data, tmp_path / "m", head="default", iterations=4, image_size=SIZE, seed=0, progress=False,
+                       export=False, augmented_copies=1, curve_points=2)
+    meta = json.loads((out / "model.json").read_text())
+    selection = meta["score_normalisation"]["fusion"]["selection"]
+    assert meta["fusion_weights"]["ae"] == selection["ae_weight"] in (0.0, 0.1, 0.25, 0.5)
+    assert abs(meta["fusion_weights"]["ae"] + meta["fusion_weights"]["knn"] - 1.0) < 1e-9
+    assert len(selection["candidates"]) == 4
+    assert meta["knn_features"] == "raw"

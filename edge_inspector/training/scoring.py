@@ -4,9 +4,11 @@ exported as is to ONNX so the runtime needs nothing but onnxruntime.
 Heads (``model.json: head``):
   ae       autoencoder discrepancy (MDAAE trained on reconstruction only)
   aegan    the paper's model: MDAAE trained with the self-attention GAN, same discrepancy map
-  knn      PatchCore-style nearest-neighbour distance to a coreset memory bank
-  default  what a station runs: AE-GAN discrepancy + kNN distance, each term standardised by its
-           per-position mean/std on held-out good images, then averaged
+  knn      PatchCore-style nearest-neighbour distance to a coreset memory bank, on the raw
+           (mean-centred, not standardised) backbone features by default, as in PatchCore
+  default  what a station runs: w·AE-GAN discrepancy + (1 − w)·kNN distance, each term
+           standardised by its per-position mean/std on held-out good images; w is chosen at
+           training time on synthetic anomalies drawn on held-out good images (fusion.py)
 
 Autoencoder discrepancy per grid cell: ``0.5·L2/mean(L2) + 0.5·(1−cos)/mean(1−cos)`` on the
 standardised features, each term divided by its mean on good training images (the prototype's
@@ -37,6 +39,7 @@ HEADS = ("default", "aegan", "ae", "knn")
 AE_HEADS = ("default", "aegan", "ae")
 KNN_HEADS = ("default", "knn")
 GAN_HEADS = ("default", "aegan")
+KNN_FEATURES = ("raw", "standardised")
 
 
 @dataclass
@@ -48,6 +51,9 @@ class ModelConfig:
     bank_size: int = 0
     smoothing_sigma_px: float | None = None  # None: 4 px at 256², scaled with the image size
     fusion_weights: dict = field(default_factory=lambda: {"ae": 0.5, "knn": 0.5})
+    # kNN feature space: "raw" = backbone features minus the mean (PatchCore's space; the bank holds
+    # (f − μ) and the query is z·σ), "standardised" = the AE's per-channel standardised features.
+    knn_features: str = "raw"
 
     @property
     def sigma(self) -> float:
@@ -62,6 +68,7 @@ class ModelConfig:
             "bank_size": self.bank_size,
             "smoothing_sigma_px": self.smoothing_sigma_px,
             "fusion_weights": dict(self.fusion_weights),
+            "knn_features": self.knn_features,
         }
 
     @classmethod
@@ -75,6 +82,7 @@ class ModelConfig:
             bank_size=int(d.get("bank_size", 0)),
             smoothing_sigma_px=d.get("smoothing_sigma_px"),
             fusion_weights=dict(d.get("fusion_weights") or {"ae": 0.5, "knn": 0.5}),
+            knn_features=d.get("knn_features", "standardised"),  # bundles from before the option
         )
 
 
@@ -92,6 +100,8 @@ class InspectionModel(nn.Module):
         super().__init__()
         if config.head not in HEADS:
             raise ValueError(f"unknown head {config.head!r}")
+        if config.knn_features not in KNN_FEATURES:
+            raise ValueError(f"unknown kNN feature space {config.knn_features!r}")
         self.config = config
         self.backbone = FeatureExtractor(config.taps)
         channels = self.backbone.out_channels
@@ -124,6 +134,8 @@ class InspectionModel(nn.Module):
         return 0.5 * l2 / self.ae_term_scales[0] + 0.5 * cos / self.ae_term_scales[1]
 
     def knn_term(self, z: torch.Tensor) -> torch.Tensor:
+        if self.config.knn_features == "raw":
+            return self.knn(z * self.feature_std)  # = f − μ: distances in the backbone's own units
         return self.knn(z)
 
     def raw_grid_map(self, z: torch.Tensor) -> torch.Tensor:
@@ -133,8 +145,12 @@ class InspectionModel(nn.Module):
         if head == "knn":
             return self.knn_term(z)
         w = self.config.fusion_weights
-        ae = (self.ae_term(z) - self.term_mean[0]) / self.term_std[0]
         knn = (self.knn_term(z) - self.term_mean[1]) / self.term_std[1]
+        if w["ae"] == 0:
+            # The weights are Python floats, so this branch is fixed at export time: when the
+            # good-only selection drops the AE term, the ONNX graph does not compute it at all.
+            return w["knn"] * knn
+        ae = (self.ae_term(z) - self.term_mean[0]) / self.term_std[0]
         return w["ae"] * ae + w["knn"] * knn
 
     # -- grid → image-size map ------------------------------------------------------------

@@ -9,8 +9,10 @@ Steps:
  3. fit per-channel feature standardisation;
  4. train the MDAAE (and the SA-GAN for ``aegan``/``default``), tracking the Fréchet distance
     between real and reconstructed pooled features on the hold-out set;
- 5. build the kNN memory bank (``knn``/``default``) by greedy coreset over all cached patches;
- 6. fit term and score normalisation and the threshold on the hold-out images;
+ 5. build the kNN memory bank (``knn``/``default``) by greedy coreset over the clean training
+    patches (raw mean-centred features by default, ``knn_features``);
+ 6. fit term and score normalisation and the threshold on the hold-out images; for ``default``,
+    choose the AE/kNN fusion weight on synthetic anomalies drawn on the hold-out (fusion.py);
  7. export ONNX with a parity check and write the bundle.
 
 Deterministic on CPU for a given seed: every random draw comes from seeded generators, the
@@ -38,6 +40,7 @@ from edge_inspector.logging import get_logger
 from edge_inspector.preprocess import Preprocessor, random_photometric
 from edge_inspector.training.backbone import BACKBONE_NAME, DEFAULT_TAPS, FeatureExtractor
 from edge_inspector.training.calibrate import f1_threshold, far_threshold
+from edge_inspector.training.fusion import select_fusion_weight
 from edge_inspector.training.export import CHECKPOINT_FORMAT, CHECKPOINT_NAME, export_bundle
 from edge_inspector.training.knn import KnnScorer, greedy_coreset
 from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_loss, reconstruction_terms
@@ -54,6 +57,7 @@ from edge_inspector.training.scoring import (
     AE_HEADS,
     GAN_HEADS,
     HEADS,
+    KNN_FEATURES,
     KNN_HEADS,
     InspectionModel,
     ModelConfig,
@@ -84,7 +88,10 @@ class TrainSettings:
     coreset_fraction: float = 0.01
     gan: GanSchedule = field(default_factory=GanSchedule)
     threads: int = 2
-    fusion_ae_weight: float = 0.5  # default head: weight of the AE term (the kNN term gets 1 − this)
+    # default head: weight of the AE term (the kNN term gets 1 − this); None = choose it on synthetic
+    # anomalies drawn on the held-out good images (fusion.select_fusion_weight)
+    fusion_ae_weight: Optional[float] = None
+    knn_features: str = "raw"  # "raw" (PatchCore: mean-centred backbone features) or "standardised"
     curve_points: int = 20  # Fréchet-distance points tracked over a run (each costs an eigendecomposition)
     name: Optional[str] = None
 
@@ -345,6 +352,8 @@ def build_meta(
         },
         "outputs": {"map": "anomaly_map", "score": "score"},
         "fusion_levels": [t.as_dict() for t in cfg.taps],
+        "fusion_weights": dict(cfg.fusion_weights) if cfg.head == "default" else None,
+        "knn_features": cfg.knn_features if cfg.head in KNN_HEADS else None,
         "threshold": round(float(calibration["threshold"]), 6),
         "threshold_far_target": settings.far_target,
         "threshold_calibration": calibration,
@@ -449,6 +458,10 @@ def _check_settings(settings: TrainSettings) -> None:
         raise InputError(f"--far-target {settings.far_target} must be between 0 and 1 (exclusive)")
     if settings.lighting not in ("none", "clahe", "match_train"):
         raise InputError(f"--lighting {settings.lighting}: use none, clahe or match_train")
+    if settings.knn_features not in KNN_FEATURES:
+        raise InputError(f"knn_features {settings.knn_features!r}: use {' or '.join(KNN_FEATURES)}")
+    if settings.fusion_ae_weight is not None and not 0.0 <= settings.fusion_ae_weight <= 1.0:
+        raise InputError(f"fusion_ae_weight {settings.fusion_ae_weight} must be in [0, 1]")
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device available to torch on this machine")
     settings.resolved_iterations()
@@ -566,7 +579,7 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         # copies (to cover other lighting) was measured to hurt badly — tire pixel AUROC 0.901 vs
         # 0.967, image 0.637 vs 0.722: greedy k-center selection spends the bank on the augmented
         # outliers and leaves the normal appearance sparsely covered.
-        z = data.z_clean
+        z = data.z_clean * data.feature_std if settings.knn_features == "raw" else data.z_clean
         patches = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         n_select = max(1, int(round(settings.coreset_fraction * patches.shape[0])))
         bar = tqdm(total=n_select, desc="coreset", disable=not settings.progress, unit="pt")
@@ -587,10 +600,13 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     if head in KNN_HEADS and parts.bank is None:
         raise ValueError(f"head {head} needs a memory bank")
     device = settings.device
+    fixed_w = settings.fusion_ae_weight
     config = ModelConfig(head=head, image_size=settings.image_size, taps=DEFAULT_TAPS,
                          mdaae=parts.ae_config if head in AE_HEADS else None,
                          bank_size=int(parts.bank.shape[0]) if head in KNN_HEADS else 0,
-                         fusion_weights={"ae": settings.fusion_ae_weight, "knn": 1.0 - settings.fusion_ae_weight})
+                         fusion_weights={"ae": fixed_w if fixed_w is not None else 0.5,
+                                         "knn": 1.0 - (fixed_w if fixed_w is not None else 0.5)},
+                         knn_features=settings.knn_features)
     model = InspectionModel(config)
     model.feature_mean.copy_(data.feature_mean)
     model.feature_std.copy_(data.feature_std)
@@ -600,6 +616,13 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
         model.knn = KnnScorer(parts.bank)
     model = model.to(device).eval()
     score_stats = fit_term_statistics(model, data.z_clean, data.z_hold, device)
+    if head == "default":
+        if fixed_w is None:
+            w, selection = select_fusion_weight(model, data.hold_images, device, seed=settings.seed + 4)
+        else:
+            w, selection = float(fixed_w), {"rule": "fixed by the caller (fusion_ae_weight)", "ae_weight": float(fixed_w)}
+        model.config.fusion_weights = {"ae": w, "knn": 1.0 - w}
+        score_stats["fusion"] = {"weights": dict(model.config.fusion_weights), "selection": selection}
     raw_hold = raw_image_scores(model, data.hold_images, device)
     offset = float(raw_hold.mean())
     scale = float(raw_hold.std(ddof=1)) if raw_hold.size > 1 else 0.0
