@@ -116,6 +116,10 @@ class MosquittoBroker(EmbeddedBroker):
             "log_type warning",
             "log_type notice",
             "max_queued_messages 100000",
+            # Without it, Nagle's algorithm holds a PUBACK behind the previous unacknowledged
+            # small packet until the client's delayed ACK (~40 ms on Linux): measured p99
+            # grab→PUBACK 56 ms with, vs the p90 of 13 ms.
+            "set_tcp_nodelay true",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             lines.insert(0, "user root")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -95,6 +96,15 @@ def _configure_tls(client: paho.Client, mqtt_cfg: MQTTConfig) -> None:
         raise ConfigError(f"mqtt.tls: cannot load certificates ({tls.ca_file}, {tls.cert_file}, {tls.key_file}): {exc}") from None
     if tls.insecure:
         client.tls_insecure_set(True)
+
+
+def _disable_nagle(client, userdata, sock) -> None:
+    """Results and PLC messages are small packets sent back to back: with Nagle's algorithm the
+    second waits for the broker's delayed ACK (~40 ms on Linux). paho does not set TCP_NODELAY."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (e.g. websockets wrapper): leave it
+        pass
 
 
 class MqttPublisher:
@@ -179,6 +189,7 @@ class MqttPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_connect_fail = self._on_connect_fail
+        client.on_socket_open = _disable_nagle
         return client
 
     def _offline_payload(self, reason: str) -> str:
