@@ -24,6 +24,7 @@ The same metadata is stored as ONNX metadata_props key "edge_inspector" (JSON st
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -36,6 +37,21 @@ from edge_inspector.errors import ModelBundleError
 ONNX_NAME = "model.onnx"
 META_NAME = "model.json"
 METADATA_KEY = "edge_inspector"
+# The tensor contract every bundle we write follows (Preprocessor.prepare produces this input).
+INPUT_SPEC = {
+    "name": "image",
+    "layout": "NCHW",
+    "channels": "RGB",
+    "normalisation": {"kind": "tf", "mean": 127.0, "std": 128.0},
+}
+OUTPUT_SPEC = {"map": "anomaly_map", "score": "score"}
+
+
+def io_spec() -> tuple[dict, dict]:
+    """Fresh copies of the input/output contract for a new model.json."""
+    return copy.deepcopy(INPUT_SPEC), dict(OUTPUT_SPEC)
+
+
 REQUIRED_KEYS = ("format_version", "head", "backbone", "image_size", "input", "outputs", "threshold")
 
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from edge_inspector import BUNDLE_FORMAT_VERSION, __version__
 from edge_inspector.datasets import fingerprint, list_test_items, load_images, load_train_good
 from edge_inspector.errors import InputError
-from edge_inspector.inference.bundle import write_meta
+from edge_inspector.inference.bundle import io_spec, write_meta
 from edge_inspector.logging import get_logger
 from edge_inspector.preprocess import Preprocessor, random_photometric
 from edge_inspector.training.backbone import BACKBONE_NAME, DEFAULT_TAPS, FeatureExtractor
@@ -344,13 +344,8 @@ def build_meta(
         "head": cfg.head,
         "backbone": BACKBONE_NAME,
         "image_size": cfg.image_size,
-        "input": {
-            "name": "image",
-            "layout": "NCHW",
-            "channels": "RGB",
-            "normalisation": {"kind": "tf", "mean": 127.0, "std": 128.0},
-        },
-        "outputs": {"map": "anomaly_map", "score": "score"},
+        "input": io_spec()[0],
+        "outputs": io_spec()[1],
         "fusion_levels": [t.as_dict() for t in cfg.taps],
         "fusion_weights": dict(cfg.fusion_weights) if cfg.head == "default" else None,
         "knn_features": cfg.knn_features if cfg.head in KNN_HEADS else None,

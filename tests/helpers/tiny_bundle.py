@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edge_inspector import BUNDLE_FORMAT_VERSION, __version__
+from edge_inspector.inference.bundle import io_spec
 
 OPSET = 17
 
@@ -33,13 +34,8 @@ def tiny_meta(image_size: int = 64, threshold: float = 0.5, head: str = "default
         "head": head,
         "backbone": "none (|x| channel mean, test bundle)",
         "image_size": int(image_size),
-        "input": {
-            "name": "image",
-            "layout": "NCHW",
-            "channels": "RGB",
-            "normalisation": {"kind": "tf", "mean": 127.0, "std": 128.0},
-        },
-        "outputs": {"map": "anomaly_map", "score": "score"},
+        "input": io_spec()[0],
+        "outputs": io_spec()[1],
         "fusion_levels": [],
         "threshold": float(threshold),
         "threshold_far_target": 0.01,
