@@ -16,7 +16,7 @@ import pytest
 
 from edge_inspector.inference.bundle import load_bundle
 from edge_inspector.publish.payload import parse_plc, parse_result
-from tests.helpers.station import Subscriber, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.station import Subscriber, assert_retained_offline, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -83,12 +83,7 @@ def test_folder_to_broker_every_contract_field(tmp_path, mosquitto, model_dir):
         if proc is not None and proc.poll() is None:
             stop_daemon(proc, signal.SIGKILL)
     # the retained status says offline after a clean exit
-    late = Subscriber(mosquitto.port, client_id="late-joiner")
-    try:
-        late.wait_for(lambda: late.payloads("status"), 5, "retained status")
-        assert late.payloads("status")[-1]["online"] is False
-    finally:
-        late.close()
+    assert_retained_offline(mosquitto.port)
 
 
 def _write_bad_frames(folder):
@@ -198,12 +193,7 @@ def test_sigterm_is_clean_and_status_retained_offline(tmp_path, mosquitto, model
         sub.close()
         if proc is not None and proc.poll() is None:
             stop_daemon(proc, signal.SIGKILL)
-    late = Subscriber(mosquitto.port, client_id="late-joiner")
-    try:
-        late.wait_for(lambda: late.payloads("status"), 5, "retained status")
-        assert late.payloads("status")[-1]["online"] is False
-    finally:
-        late.close()
+    assert_retained_offline(mosquitto.port)
 
 
 def test_run_never_imports_torch(tmp_path, model_dir):

@@ -152,3 +152,13 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def assert_retained_offline(port: int) -> None:
+    """A subscriber joining after the daemon stopped sees the retained status: offline."""
+    late = Subscriber(port, client_id="late-joiner")
+    try:
+        late.wait_for(lambda: late.payloads("status"), 5, "retained status")
+        assert late.payloads("status")[-1]["online"] is False
+    finally:
+        late.close()
