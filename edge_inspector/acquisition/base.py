@@ -69,6 +69,7 @@ class FrameSource(abc.ABC):
     """
 
     triggered: bool = False  # True when every frame stands for a real part (back-pressure, never drop)
+    _frame_counter: int = 0  # per instance once a source numbers its first frame
     on_state: Optional[StateCallback] = None
     on_alive: Optional[AliveCallback] = None
     _state: str = "unknown"
@@ -125,6 +126,11 @@ class FrameSource(abc.ABC):
                 callback()
             except Exception:  # noqa: BLE001 - liveness reporting must never stop acquisition
                 _log.exception("camera_alive_callback_failed")
+
+    def _next_frame_id(self, prefix: str) -> str:
+        """``<prefix>-<n>``: unique within a run, also across loop passes and reconnects."""
+        self._frame_counter += 1
+        return f"{prefix}-{self._frame_counter}"
 
     def trigger(self) -> bool:
         """Software trigger (sources that support it; ``camera.trigger.mode: software``).

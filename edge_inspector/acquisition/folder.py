@@ -53,7 +53,6 @@ class FolderSource(FrameSource):
         self._files: list[Path] = []
         self._stop = threading.Event()
         self._pending_triggers = threading.Semaphore(0)
-        self._frame_counter = 0
         self.late_ticks = 0  # pacing slots missed because the consumer stalled (see Pacer)
 
     @property
@@ -94,10 +93,9 @@ class FolderSource(FrameSource):
                 image, error = self._load(path)
                 if not self._wait_for_slot(pacer):
                     return
-                self._frame_counter += 1
                 ts_grab, ts_wall = stamp()
                 yield Frame(
-                    frame_id=f"{path.stem}-{self._frame_counter}",
+                    frame_id=self._next_frame_id(path.stem),
                     image=image,
                     ts_grab=ts_grab,
                     ts_wall=ts_wall,

@@ -39,7 +39,6 @@ class OpenCVSource(FrameSource):
         # while the acquisition thread is inside read().
         self._cap_lock = threading.Lock()
         self._stop = threading.Event()
-        self._frame_counter = 0
         self.read_failures = 0  # total failed reads on live sources, for health counters
         self.reconnects = 0
 
@@ -136,10 +135,9 @@ class OpenCVSource(FrameSource):
                 frames_this_pass += 1
                 if pacer is not None and not pacer.wait(self._stop):
                     return
-                self._frame_counter += 1
                 ts_grab, ts_wall = stamp()
                 yield Frame(
-                    frame_id=f"{self.label}-{self._frame_counter}",
+                    frame_id=self._next_frame_id(self.label),
                     image=image,
                     ts_grab=ts_grab,
                     ts_wall=ts_wall,

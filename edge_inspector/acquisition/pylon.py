@@ -95,7 +95,6 @@ class PylonSource(FrameSource):
         self._stop = threading.Event()
         self._error_frames: collections.deque[Frame] = collections.deque()
         self._outstanding_triggers: collections.deque[float] = collections.deque()
-        self._frame_counter = 0
         self._mono_converter: Optional[pylon.ImageFormatConverter] = None
         self._color_converter: Optional[pylon.ImageFormatConverter] = None
         self.pixel_format = ""
@@ -296,8 +295,7 @@ class PylonSource(FrameSource):
             result.Release()
 
     def _next_id(self) -> str:
-        self._frame_counter += 1
-        return f"{self.serial}-{self._frame_counter}"
+        return self._next_frame_id(self.serial)
 
     def _error_frame(self, reason: str) -> Frame:
         ts_grab, ts_wall = stamp()
