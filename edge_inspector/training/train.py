@@ -677,20 +677,12 @@ def _validation_threshold(model: InspectionModel, pre: Preprocessor, settings: T
 # CLI
 # ----------------------------------------------------------------------------------------------
 def cli_train(args) -> int:
-    settings = TrainSettings(
-        head=args.head,
-        iterations=args.iterations,
-        image_size=args.image_size,
-        seed=args.seed,
-        device=args.device,
-        far_target=args.far_target,
-        holdout=args.holdout,
-        validation=args.validation,
-        lighting=args.lighting,
-        progress=True,
+    out = train_bundle(
+        args.data, args.out, head=args.head, iterations=args.iterations, image_size=args.image_size,
+        seed=args.seed, device=args.device, far_target=args.far_target, holdout=args.holdout,
+        validation=args.validation, lighting=args.lighting, progress=True,
         export=not getattr(args, "no_export", False),
     )
-    out = fit(Path(args.data), Path(args.out), settings)
     meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
     print(json.dumps({"model": str(out), "head": meta["head"], "threshold": meta["threshold"],
                       "train_seconds": meta["training"]["timing"].get("total_train_s")}))
