@@ -142,21 +142,14 @@ def format_status(status: Mapping) -> str:
     fps = status.get("fps")
     if isinstance(fps, (int, float)):
         parts.append(f"fps={fps:.1f}")
-    mqtt = status.get("mqtt_state", status.get("mqtt"))
-    if isinstance(mqtt, Mapping):
-        mqtt = mqtt.get("state")
-    if mqtt is not None:
-        parts.append(f"mqtt={mqtt}")
-    outbox = status.get("outbox_depth", status.get("outbox"))
-    if isinstance(outbox, Mapping):
-        outbox = outbox.get("depth")
-    if outbox is not None:
-        parts.append(f"outbox={outbox}")
-    camera = status.get("camera_state", status.get("camera"))
-    if isinstance(camera, Mapping):
-        camera = camera.get("state")
-    if camera is not None:
-        parts.append(f"camera={camera}")
+    for label, flat_key, field in (("mqtt", "mqtt_state", "state"), ("outbox", "outbox_depth", "depth"),
+                                   ("camera", "camera_state", "state")):
+        # Either a flat "<label>_<field>" key or a nested {"<label>": {"<field>": ...}} section.
+        value = status.get(flat_key, status.get(label))
+        if isinstance(value, Mapping):
+            value = value.get(field)
+        if value is not None:
+            parts.append(f"{label}={value}")
     for key in ("frames_in", "frames_out"):
         if status.get(key) is not None:
             parts.append(f"{key}={status[key]}")
