@@ -112,11 +112,17 @@ def threshold_edges(values: np.ndarray, max_thresholds: int, lo_quantile: float 
     v = v[np.isfinite(v)]
     if v.size == 0:
         return np.zeros(1)
-    uniq = np.unique(v)
+    v = np.sort(v)
+    uniq = v[np.r_[True, v[1:] != v[:-1]]]
     if uniq.size <= max_thresholds:
         return uniq
-    q = np.quantile(v, np.linspace(lo_quantile, 1.0, max_thresholds))
-    return np.unique(np.concatenate([[v.min()], q]))
+    # np.quantile's linear interpolation, read off the sorted values: np.quantile itself partitions
+    # once per requested quantile and took 1.5 s for 20 000 quantiles of 50 000 values.
+    pos = np.linspace(lo_quantile, 1.0, max_thresholds) * (v.size - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, v.size - 1)
+    q = v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    return np.unique(np.concatenate([[v[0]], q]))
 
 
 def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
