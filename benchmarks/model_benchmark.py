@@ -141,7 +141,8 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         data = restandardise(data, mean, std)
         t0 = time.perf_counter()
         bank = fit_components(data, settings, train_ae=False, use_gan=False, build_bank=True)
-        gan_parts.bank, gan_parts.timing = bank.bank, {**gan_parts.timing, **bank.timing}
+        gan_parts.bank, gan_parts.subspace = bank.bank, bank.subspace
+        gan_parts.timing = {**gan_parts.timing, **bank.timing}
         gan_and_bank = gan_parts
         ae_s = previous["timing"]["ae_train_s"]
         gan_s = previous["timing"]["aegan_train_s"]

@@ -132,6 +132,69 @@ def test_export_cli_writes_onnx_and_reports_parity(default_bundle, tmp_path, cap
     assert report["parity"]["max_abs_diff_score"] < 1e-2
 
 
+# -- default head: subspace terms ---------------------------------------------------------------
+def _rewritten_checkpoint(bundle: Path, target: Path, edit) -> Path:
+    checkpoint = torch.load(bundle / "checkpoint.pt", weights_only=True)
+    edit(checkpoint)
+    target.mkdir()
+    torch.save(checkpoint, target / "checkpoint.pt")
+    return target
+
+
+def test_subspace_terms_match_an_independent_projection(default_bundle, synthetic):
+    from edge_inspector.training.export import load_checkpoint
+
+    model, _ = load_checkpoint(default_bundle)
+    assert model.subspace is not None and model.subspace.shape == (344, 64)
+    v = model.subspace
+    assert torch.allclose(v.t() @ v, torch.eye(64), atol=1e-4)  # orthonormal directions
+    images = torch.from_numpy(prepared(sorted((synthetic / "test" / "hole").glob("*.png"))))
+    with torch.no_grad():
+        z = model.standardised_features(images)
+        grids = model.term_grids(z, ("knn", "sub", "res"))
+    x = model.knn_space(z).permute(0, 2, 3, 1).reshape(-1, 344)
+    off_subspace = (x - (x @ v) @ v.t()).norm(dim=1)
+    assert torch.allclose(grids["res"].flatten(), off_subspace, rtol=1e-3, atol=1e-3)
+    # a projection never lengthens a distance: the subspace distance is at most the full one
+    assert (grids["sub"] <= grids["knn"] + 1e-3).all()
+    assert (grids["sub"] < grids["knn"] - 1e-3).any()
+
+
+@pytest.mark.parametrize("weights", [{"knn": 0.4, "sub": 0.3, "res": 0.2, "ae": 0.1}, {"sub": 1.0}])
+def test_any_term_mix_exports_with_parity_and_only_its_terms(default_bundle, tmp_path, capsys, weights):
+    import onnx
+
+    from edge_inspector.training.fusion import full_weights
+
+    def edit(checkpoint):
+        checkpoint["config"]["fusion_weights"] = full_weights(weights)
+
+    model_dir = _rewritten_checkpoint(default_bundle, tmp_path / "m", edit)
+    out = tmp_path / "mix.onnx"
+    assert main(["export", "--model", str(model_dir), "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff_score"] < 1e-2
+    shapes = {tuple(init.dims) for init in onnx.load(out).graph.initializer}
+    has_full_bank = any(len(d) == 2 and d[0] == 344 for d in shapes)
+    assert has_full_bank == ("knn" in weights)  # a term with weight 0 is not in the graph
+
+
+def test_default_checkpoint_from_before_the_subspace_terms_still_loads(default_bundle, tmp_path):
+    from edge_inspector.training.export import load_checkpoint
+
+    def edit(checkpoint):
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k == "subspace" or k.startswith("knn_sub.")]:
+            del state[key]
+        state["term_mean"], state["term_std"] = state["term_mean"][:2], state["term_std"][:2]
+        checkpoint["config"].pop("subspace_dim")
+        checkpoint["config"]["fusion_weights"] = {"ae": 0.0, "knn": 1.0}
+
+    model, _ = load_checkpoint(_rewritten_checkpoint(default_bundle, tmp_path / "old", edit))
+    assert model.subspace is None and model.available_terms() == ("ae", "knn")
+    assert model.term_mean.shape == (4,) and model.term_std[2:].tolist() == [1.0, 1.0]
+
+
 # -- determinism ----------------------------------------------------------------------------------
 def test_training_is_deterministic_for_a_seed(synthetic, tmp_path):
     states = []
@@ -296,56 +359,80 @@ def test_export_checkpoint_with_mismatched_weights_is_exit_2(default_bundle, tmp
     _one_line_error(capsys, "does not match")
 
 
-# -- default head: fusion weight chosen on synthetic anomalies over good images -----------------
+# -- default head: term weights chosen on synthetic anomalies over good images -----------------
 class _StubTerms:
-    """Just enough of InspectionModel for select_fusion_weight: one informative term, one noise term."""
+    """Just enough of InspectionModel for select_fusion_weights: one informative term, the others noise."""
 
-    def __init__(self, informative: str, good: torch.Tensor) -> None:
+    def __init__(self, informative: str, good: torch.Tensor, terms=("ae", "knn", "sub", "res")) -> None:
         self.informative = informative
+        self.terms = terms
         self.good_mean = torch.nn.functional.avg_pool2d(good, 8).mean(dim=0, keepdim=True)
-        self.term_mean = torch.zeros(2)
-        self.term_std = torch.ones(2)
         self.noise = torch.Generator().manual_seed(0)
+
+    def available_terms(self):
+        return self.terms
 
     def standardised_features(self, image):
         return torch.nn.functional.avg_pool2d(image, 8)
 
-    def _deviation(self, z):
-        return (z - self.good_mean).abs().sum(dim=1, keepdim=True)
+    def term_grids(self, z, names):
+        deviation = (z - self.good_mean).abs().sum(dim=1, keepdim=True)
+        return {n: deviation if n == self.informative
+                else torch.rand(z.shape[0], 1, *z.shape[2:], generator=self.noise) for n in names}
 
-    def _noise(self, z):
-        return torch.rand(z.shape[0], 1, *z.shape[2:], generator=self.noise) * 3.0
-
-    def ae_term(self, z):
-        return self._deviation(z) if self.informative == "ae" else self._noise(z)
-
-    def knn_term(self, z):
-        return self._deviation(z) if self.informative == "knn" else self._noise(z)
+    def standardised_term(self, name, grid):
+        return grid
 
     def upsample_and_smooth(self, grid, size):
         return torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
 
 
-@pytest.mark.parametrize("informative, expected", [("ae", 0.5), ("knn", 0.0)])
-def test_fusion_weight_selection_picks_the_informative_term(synthetic, informative, expected):
-    from edge_inspector.training.fusion import select_fusion_weight
+@pytest.mark.parametrize("informative, expected", [("knn", {"knn": 1.0}), ("sub", {"sub": 1.0})])
+def test_fusion_selection_picks_the_informative_term(synthetic, informative, expected):
+    from edge_inspector.training.fusion import CANDIDATES, full_weights, select_fusion_weights
 
     good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
-    weight, selection = select_fusion_weight(_StubTerms(informative, good), good, seed=0)
-    assert weight == expected
-    assert [row["ae_weight"] for row in selection["candidates"]] == [0.0, 0.1, 0.25, 0.5]
-    assert selection["n_synthetic"] == good.shape[0]
+    weights, selection = select_fusion_weights(_StubTerms(informative, good), good, seed=0)
+    assert weights == full_weights(expected) == selection["weights"]
+    assert [row["weights"] for row in selection["candidates"]] == list(CANDIDATES)
+    assert selection["n_synthetic_per_draw"] == good.shape[0]
+    assert selection["contrast"] == 0.3
+    assert all(len(row["pixel_auroc_draws"]) == selection["draws"] == 6 for row in selection["candidates"])
 
 
-def test_fusion_rule_breaks_pixel_ties_by_image_auroc_then_smaller_weight():
+def test_fusion_selection_only_offers_candidates_the_model_can_compute(synthetic):
+    from edge_inspector.training.fusion import select_fusion_weights
+
+    good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
+    weights, selection = select_fusion_weights(_StubTerms("knn", good, terms=("ae", "knn")), good, seed=0)
+    assert [row["weights"] for row in selection["candidates"]] == [{"knn": 1.0}, {"knn": 0.8, "ae": 0.2}]
+    assert weights["knn"] == 1.0 and weights["sub"] == weights["res"] == 0.0
+
+
+def test_synthetic_anomalies_are_blended_in_at_the_given_contrast(synthetic):
+    from edge_inspector.training.fusion import synthetic_anomalies
+
+    good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
+    full, masks, _ = synthetic_anomalies(good, seed=1, contrast=1.0)
+    faint, masks_faint, _ = synthetic_anomalies(good, seed=1, contrast=0.3)
+    assert np.array_equal(masks, masks_faint)
+    assert torch.allclose(faint - good, 0.3 * (full - good), atol=1e-5)
+    assert (full - good).abs().sum() > 0
+
+
+def test_fusion_rule_takes_the_cheapest_candidate_within_one_standard_error_of_the_best():
     from edge_inspector.training.fusion import choose
 
-    table = [{"ae_weight": 0.0, "pixel_auroc": 0.9000, "image_auroc": 0.80},
-             {"ae_weight": 0.1, "pixel_auroc": 0.9005, "image_auroc": 0.85},
-             {"ae_weight": 0.25, "pixel_auroc": 0.8500, "image_auroc": 0.99}]
-    assert choose(table) == 0.1
-    table[1]["image_auroc"] = 0.80
-    assert choose(table) == 0.0
+    cheap, costly = {"knn": 1.0}, {"knn": 0.8, "ae": 0.2}
+    # costly is better on average but not consistently: a tie, so the cheaper (earlier) one wins
+    table = [{"weights": cheap, "pixel_auroc_draws": [0.90, 0.93, 0.88, 0.92]},
+             {"weights": costly, "pixel_auroc_draws": [0.91, 0.92, 0.90, 0.921]}]
+    assert choose(table) == cheap
+    # costly is better on every draw by a steady margin: no tie
+    table[1]["pixel_auroc_draws"] = [0.905, 0.935, 0.885, 0.925]
+    assert choose(table) == costly
+    # a single draw: plain maximum
+    assert choose([{"weights": cheap, "pixel_auroc_draws": [0.9]}, {"weights": costly, "pixel_auroc_draws": [0.91]}]) == costly
 
 
 def test_default_head_chooses_its_fusion_weight_without_test_images(synthetic, tmp_path, monkeypatch):
@@ -360,7 +447,9 @@ def test_default_head_chooses_its_fusion_weight_without_test_images(synthetic, t
                        export=False, augmented_copies=1, curve_points=2)
     meta = json.loads((out / "model.json").read_text())
     selection = meta["score_normalisation"]["fusion"]["selection"]
-    assert meta["fusion_weights"]["ae"] == selection["ae_weight"] in (0.0, 0.1, 0.25, 0.5)
-    assert abs(meta["fusion_weights"]["ae"] + meta["fusion_weights"]["knn"] - 1.0) < 1e-9
-    assert len(selection["candidates"]) == 4
+    assert meta["fusion_weights"] == selection["weights"]
+    assert list(meta["fusion_weights"]) == ["ae", "knn", "sub", "res"]
+    assert abs(sum(meta["fusion_weights"].values()) - 1.0) < 1e-9
+    assert len(selection["candidates"]) == 6
+    assert meta["subspace_dim"] == 64
     assert meta["knn_features"] == "raw"

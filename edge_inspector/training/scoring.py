@@ -6,9 +6,17 @@ Heads (``model.json: head``):
   aegan    the paper's model: MDAAE trained with the self-attention GAN, same discrepancy map
   knn      PatchCore-style nearest-neighbour distance to a coreset memory bank, on the raw
            (mean-centred, not standardised) backbone features by default, as in PatchCore
-  default  what a station runs: w·AE-GAN discrepancy + (1 − w)·kNN distance, each term
-           standardised by its per-position mean/std on held-out good images; w is chosen at
-           training time on synthetic anomalies drawn on held-out good images (fusion.py)
+  default  what a station runs: a weighted sum of terms, each standardised by its mean/std on
+           held-out good images; the weights are chosen at training time on faint synthetic
+           anomalies drawn on held-out good images (fusion.py). Terms (``TERMS``):
+             ae   the AE-GAN discrepancy below
+             knn  the kNN distance (as the knn head)
+             sub  the kNN distance inside the top-d principal subspace of the good patch features
+                  (``subspace_dim``): drops the low-variance directions, where noise lives on
+                  some parts; also the cheapest term (a d-dimensional matmul instead of C)
+             res  the energy outside that subspace, ‖x‖² − ‖Vᵀx‖² — a linear autoencoder's
+                  reconstruction error: faint defects on textured parts live there
+           Only the terms with a non-zero weight are in the exported graph.
 
 Autoencoder discrepancy per grid cell: ``0.5·L2/mean(L2) + 0.5·(1−cos)/mean(1−cos)`` on the
 standardised features, each term divided by its mean on good training images (the prototype's
@@ -40,6 +48,7 @@ AE_HEADS = ("default", "aegan", "ae")
 KNN_HEADS = ("default", "knn")
 GAN_HEADS = ("default", "aegan")
 KNN_FEATURES = ("raw", "standardised")
+TERMS = ("ae", "knn", "sub", "res")  # order of term_mean / term_std
 
 
 @dataclass
@@ -54,6 +63,8 @@ class ModelConfig:
     # kNN feature space: "raw" = backbone features minus the mean (PatchCore's space; the bank holds
     # (f − μ) and the query is z·σ), "standardised" = the AE's per-channel standardised features.
     knn_features: str = "raw"
+    # default head: dimension of the principal subspace behind the "sub" and "res" terms (0 = none)
+    subspace_dim: int = 0
 
     @property
     def sigma(self) -> float:
@@ -69,6 +80,7 @@ class ModelConfig:
             "smoothing_sigma_px": self.smoothing_sigma_px,
             "fusion_weights": dict(self.fusion_weights),
             "knn_features": self.knn_features,
+            "subspace_dim": self.subspace_dim,
         }
 
     @classmethod
@@ -83,6 +95,7 @@ class ModelConfig:
             smoothing_sigma_px=d.get("smoothing_sigma_px"),
             fusion_weights=dict(d.get("fusion_weights") or {"ae": 0.5, "knn": 0.5}),
             knn_features=d.get("knn_features", "standardised"),  # bundles from before the option
+            subspace_dim=int(d.get("subspace_dim", 0)),
         )
 
 
@@ -115,8 +128,13 @@ class InspectionModel(nn.Module):
         # Fitted on good images after training (see train.py): AE term scales, per-term
         # standardisation for the default head, and the final score normalisation.
         self.register_buffer("ae_term_scales", torch.ones(2))  # mean L2, mean (1 − cos) on good images
-        self.register_buffer("term_mean", torch.zeros(2))  # [ae, knn] per-position mean on held-out good
-        self.register_buffer("term_std", torch.ones(2))
+        self.register_buffer("term_mean", torch.zeros(len(TERMS)))  # per term (TERMS order), held-out good
+        self.register_buffer("term_std", torch.ones(len(TERMS)))
+        dim = config.subspace_dim if config.head == "default" else 0
+        # Principal subspace of the good patch features (in the kNN feature space), C×d, and the
+        # memory bank projected onto it.
+        self.register_buffer("subspace", torch.zeros(channels, dim) if dim else None)
+        self.knn_sub = KnnScorer(torch.zeros(config.bank_size, dim)) if dim and config.bank_size > 0 else None
         self.register_buffer("score_offset", torch.zeros(()))
         self.register_buffer("score_scale", torch.ones(()))
         kernel = gaussian_kernel_1d(config.sigma)
@@ -133,10 +151,40 @@ class InspectionModel(nn.Module):
         l2, cos = reconstruction_terms(z, self.mdaae(z))
         return 0.5 * l2 / self.ae_term_scales[0] + 0.5 * cos / self.ae_term_scales[1]
 
-    def knn_term(self, z: torch.Tensor) -> torch.Tensor:
+    def knn_space(self, z: torch.Tensor) -> torch.Tensor:
         if self.config.knn_features == "raw":
-            return self.knn(z * self.feature_std)  # = f − μ: distances in the backbone's own units
-        return self.knn(z)
+            return z * self.feature_std  # = f − μ: distances in the backbone's own units
+        return z
+
+    def knn_term(self, z: torch.Tensor) -> torch.Tensor:
+        return self.knn(self.knn_space(z))
+
+    def available_terms(self) -> tuple[str, ...]:
+        have = {"ae": self.mdaae is not None, "knn": self.knn is not None,
+                "sub": self.knn_sub is not None, "res": self.subspace is not None}
+        return tuple(t for t in TERMS if have[t])
+
+    def term_grids(self, z: torch.Tensor, names) -> dict[str, torch.Tensor]:
+        """The requested terms' grid maps N×1×G×G (unstandardised)."""
+        out: dict[str, torch.Tensor] = {}
+        if "ae" in names:
+            out["ae"] = self.ae_term(z)
+        if "knn" in names:
+            out["knn"] = self.knn_term(z)
+        if "sub" in names or "res" in names:
+            x = self.knn_space(z)
+            # A 1×1 convolution: the projection onto the subspace exports as one plain Conv.
+            q = F.conv2d(x, self.subspace.t()[:, :, None, None])
+            if "sub" in names:
+                out["sub"] = self.knn_sub(q)
+            if "res" in names:
+                energy = x.pow(2).sum(dim=1, keepdim=True) - q.pow(2).sum(dim=1, keepdim=True)
+                out["res"] = energy.clamp_min(0.0).sqrt()
+        return out
+
+    def standardised_term(self, name: str, grid: torch.Tensor) -> torch.Tensor:
+        i = TERMS.index(name)
+        return (grid - self.term_mean[i]) / self.term_std[i]
 
     def raw_grid_map(self, z: torch.Tensor) -> torch.Tensor:
         head = self.config.head
@@ -144,14 +192,16 @@ class InspectionModel(nn.Module):
             return self.ae_term(z)
         if head == "knn":
             return self.knn_term(z)
-        w = self.config.fusion_weights
-        knn = (self.knn_term(z) - self.term_mean[1]) / self.term_std[1]
-        if w["ae"] == 0:
-            # The weights are Python floats, so this branch is fixed at export time: when the
-            # good-only selection drops the AE term, the ONNX graph does not compute it at all.
-            return w["knn"] * knn
-        ae = (self.ae_term(z) - self.term_mean[0]) / self.term_std[0]
-        return w["ae"] * ae + w["knn"] * knn
+        # The weights are Python floats, so which terms are computed is fixed at export time: a
+        # term the good-only selection dropped is not in the ONNX graph at all.
+        weights = {t: float(v) for t, v in self.config.fusion_weights.items() if float(v) != 0.0}
+        grids = self.term_grids(z, weights)
+        total = None
+        for name in TERMS:
+            if name in weights:
+                part = weights[name] * self.standardised_term(name, grids[name])
+                total = part if total is None else total + part
+        return total
 
     # -- grid → image-size map ------------------------------------------------------------
     def upsample_and_smooth(self, grid_map: torch.Tensor, size: int) -> torch.Tensor:

@@ -10,9 +10,10 @@ Steps:
  4. train the MDAAE (and the SA-GAN for ``aegan``/``default``), tracking the Fréchet distance
     between real and reconstructed pooled features on the hold-out set;
  5. build the kNN memory bank (``knn``/``default``) by greedy coreset over the clean training
-    patches (raw mean-centred features by default, ``knn_features``);
+    patches (raw mean-centred features by default, ``knn_features``) and the principal subspace
+    of those patches (``default``: its ``sub`` and ``res`` terms);
  6. fit term and score normalisation and the threshold on the hold-out images; for ``default``,
-    choose the AE/kNN fusion weight on synthetic anomalies drawn on the hold-out (fusion.py);
+    choose the term weights on faint synthetic anomalies drawn on the hold-out (fusion.py);
  7. export ONNX with a parity check and write the bundle.
 
 Deterministic on CPU for a given seed: every random draw comes from seeded generators, the
@@ -40,7 +41,7 @@ from edge_inspector.logging import get_logger
 from edge_inspector.preprocess import Preprocessor, random_photometric
 from edge_inspector.training.backbone import BACKBONE_NAME, DEFAULT_TAPS, FeatureExtractor
 from edge_inspector.training.calibrate import f1_threshold, far_threshold
-from edge_inspector.training.fusion import select_fusion_weight
+from edge_inspector.training.fusion import full_weights, select_fusion_weights
 from edge_inspector.training.export import CHECKPOINT_FORMAT, CHECKPOINT_NAME, export_bundle
 from edge_inspector.training.knn import KnnScorer, greedy_coreset
 from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_loss, reconstruction_terms
@@ -59,6 +60,7 @@ from edge_inspector.training.scoring import (
     HEADS,
     KNN_FEATURES,
     KNN_HEADS,
+    TERMS,
     InspectionModel,
     ModelConfig,
     score_units_note,
@@ -88,10 +90,11 @@ class TrainSettings:
     coreset_fraction: float = 0.01
     gan: GanSchedule = field(default_factory=GanSchedule)
     threads: int = 2
-    # default head: weight of the AE term (the kNN term gets 1 − this); None = choose it on synthetic
-    # anomalies drawn on the held-out good images (fusion.select_fusion_weight)
+    # default head: fix the mix to {ae: this, knn: 1 − this}; None = choose the term weights on
+    # synthetic anomalies drawn on the held-out good images (fusion.select_fusion_weights)
     fusion_ae_weight: Optional[float] = None
     knn_features: str = "raw"  # "raw" (PatchCore: mean-centred backbone features) or "standardised"
+    subspace_dim: int = 64  # default head: principal subspace behind its "sub" and "res" terms
     curve_points: int = 20  # Fréchet-distance points tracked over a run (each costs an eigendecomposition)
     name: Optional[str] = None
 
@@ -290,16 +293,19 @@ def fit_term_statistics(model: InspectionModel, z_train_clean: torch.Tensor, z_h
         model.ae_term_scales.copy_(scales)
         stats["ae_term_scales"] = {"l2_mean": float(scales[0]), "cos_mean": float(scales[1])}
     if model.config.head == "default":
-        terms = {"ae": [], "knn": []}
+        names = model.available_terms()
+        values: dict[str, list] = {n: [] for n in names}
         for i in range(0, z_hold.shape[0], 16):
-            z = z_hold[i : i + 16].to(device)
-            terms["ae"].append(model.ae_term(z).flatten().cpu())
-            terms["knn"].append(model.knn_term(z).flatten().cpu())
-        ae_vals, knn_vals = torch.cat(terms["ae"]), torch.cat(terms["knn"])
-        model.term_mean.copy_(torch.tensor([ae_vals.mean(), knn_vals.mean()]))
-        model.term_std.copy_(torch.tensor([ae_vals.std().clamp_min(1e-6), knn_vals.std().clamp_min(1e-6)]))
-        stats["term_mean"] = {"ae": float(model.term_mean[0]), "knn": float(model.term_mean[1])}
-        stats["term_std"] = {"ae": float(model.term_std[0]), "knn": float(model.term_std[1])}
+            for name, grid in model.term_grids(z_hold[i : i + 16].to(device), names).items():
+                values[name].append(grid.flatten().cpu())
+        stats["term_mean"], stats["term_std"] = {}, {}
+        for name in names:
+            v = torch.cat(values[name])
+            k = TERMS.index(name)
+            model.term_mean[k] = v.mean()
+            model.term_std[k] = v.std().clamp_min(1e-6)
+            stats["term_mean"][name] = float(model.term_mean[k])
+            stats["term_std"][name] = float(model.term_std[k])
     return stats
 
 
@@ -349,6 +355,7 @@ def build_meta(
         "fusion_levels": [t.as_dict() for t in cfg.taps],
         "fusion_weights": dict(cfg.fusion_weights) if cfg.head == "default" else None,
         "knn_features": cfg.knn_features if cfg.head in KNN_HEADS else None,
+        "subspace_dim": cfg.subspace_dim if cfg.head == "default" else None,
         "threshold": round(float(calibration["threshold"]), 6),
         "threshold_far_target": settings.far_target,
         "threshold_calibration": calibration,
@@ -457,6 +464,8 @@ def _check_settings(settings: TrainSettings) -> None:
         raise InputError(f"knn_features {settings.knn_features!r}: use {' or '.join(KNN_FEATURES)}")
     if settings.fusion_ae_weight is not None and not 0.0 <= settings.fusion_ae_weight <= 1.0:
         raise InputError(f"fusion_ae_weight {settings.fusion_ae_weight} must be in [0, 1]")
+    if settings.subspace_dim < 0:
+        raise InputError(f"subspace_dim {settings.subspace_dim} must be ≥ 0 (0: no subspace terms)")
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device available to torch on this machine")
     settings.resolved_iterations()
@@ -488,6 +497,7 @@ class Components:
     ae_config: Optional[MdaaeConfig] = None
     used_gan: bool = False
     bank: Optional[torch.Tensor] = None
+    subspace: Optional[torch.Tensor] = None  # C×d principal directions of the bank's feature space
     curve: list = field(default_factory=list)
     timing: dict = field(default_factory=dict)
 
@@ -581,9 +591,24 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         chosen = greedy_coreset(patches, n_select, seed=settings.seed + 3, progress=lambda i, n: bar.update(1))
         bar.close()
         parts.bank = patches[chosen].clone()
+        parts.subspace = principal_subspace(patches, settings.subspace_dim)
         parts.timing["coreset_s"] = round(time.perf_counter() - t0, 2)
         parts.timing["bank_size"] = int(chosen.numel())
     return parts
+
+
+def principal_subspace(patches: torch.Tensor, dim: int) -> Optional[torch.Tensor]:
+    """The top-``dim`` eigenvectors (C×dim) of the second-moment matrix of the patch features
+    (mean-centred already). Exact and deterministic: a C×C eigendecomposition."""
+    channels = patches.shape[1]
+    if dim <= 0 or dim >= channels:
+        return None
+    second = torch.zeros(channels, channels, dtype=torch.float64)
+    for i in range(0, patches.shape[0], 65536):
+        block = patches[i : i + 65536].float()
+        second += (block.t() @ block).double()
+    _, vectors = torch.linalg.eigh(second / patches.shape[0])
+    return vectors[:, -dim:].flip(1).float().contiguous()  # largest first
 
 
 def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSettings, out_dir: Path,
@@ -601,7 +626,8 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
                          bank_size=int(parts.bank.shape[0]) if head in KNN_HEADS else 0,
                          fusion_weights={"ae": fixed_w if fixed_w is not None else 0.5,
                                          "knn": 1.0 - (fixed_w if fixed_w is not None else 0.5)},
-                         knn_features=settings.knn_features)
+                         knn_features=settings.knn_features,
+                         subspace_dim=int(parts.subspace.shape[1]) if head == "default" and parts.subspace is not None else 0)
     model = InspectionModel(config)
     model.feature_mean.copy_(data.feature_mean)
     model.feature_std.copy_(data.feature_std)
@@ -609,14 +635,18 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
         model.mdaae.load_state_dict(parts.ae.state_dict())
     if head in KNN_HEADS:
         model.knn = KnnScorer(parts.bank)
+    if model.subspace is not None:
+        model.subspace.copy_(parts.subspace)
+        model.knn_sub = KnnScorer(parts.bank @ parts.subspace)
     model = model.to(device).eval()
     score_stats = fit_term_statistics(model, data.z_clean, data.z_hold, device)
     if head == "default":
         if fixed_w is None:
-            w, selection = select_fusion_weight(model, data.hold_images, device, seed=settings.seed + 4)
+            weights, selection = select_fusion_weights(model, data.hold_images, device, seed=settings.seed + 4)
         else:
-            w, selection = float(fixed_w), {"rule": "fixed by the caller (fusion_ae_weight)", "ae_weight": float(fixed_w)}
-        model.config.fusion_weights = {"ae": w, "knn": 1.0 - w}
+            weights = full_weights({"ae": float(fixed_w), "knn": 1.0 - float(fixed_w)})
+            selection = {"rule": "fixed by the caller (fusion_ae_weight)", "weights": weights}
+        model.config.fusion_weights = weights
         score_stats["fusion"] = {"weights": dict(model.config.fusion_weights), "selection": selection}
     raw_hold = raw_image_scores(model, data.hold_images, device)
     offset = float(raw_hold.mean())
