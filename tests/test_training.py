@@ -132,6 +132,15 @@ def test_export_cli_writes_onnx_and_reports_parity(default_bundle, tmp_path, cap
     assert report["parity"]["max_abs_diff_score"] < 1e-2
 
 
+def test_train_cli_names_the_terms_the_default_head_chose(synthetic, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(synthetic), "--out", str(out), "--head", "default", "--iterations", "4",
+                 "--image-size", str(SIZE), "--no-export"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    weights = json.loads((out / "model.json").read_text())["fusion_weights"]
+    assert summary["terms"] == {t: w for t, w in weights.items() if w} and summary["terms"]
+
+
 # -- default head: subspace terms ---------------------------------------------------------------
 def _rewritten_checkpoint(bundle: Path, target: Path, edit) -> Path:
     checkpoint = torch.load(bundle / "checkpoint.pt", weights_only=True)

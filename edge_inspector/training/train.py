@@ -714,6 +714,10 @@ def cli_train(args) -> int:
         export=not getattr(args, "no_export", False),
     )
     meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
-    print(json.dumps({"model": str(out), "head": meta["head"], "threshold": meta["threshold"],
-                      "train_seconds": meta["training"]["timing"].get("total_train_s")}))
+    summary = {"model": str(out), "head": meta["head"], "threshold": meta["threshold"],
+               "train_seconds": meta["training"]["timing"].get("total_train_s")}
+    if meta.get("fusion_weights"):
+        # which terms the station will run: chosen on the hold-out, so worth seeing at once
+        summary["terms"] = {t: w for t, w in meta["fusion_weights"].items() if w}
+    print(json.dumps(summary))
     return 0
