@@ -41,6 +41,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path) -> None:
+    """Write a figure as a 90-dpi PNG and free it (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+
+
 def _thumb_with_heat(path: Path, amap: np.ndarray, vmin: float, vmax: float, mask_path: Path | None):
     """(RGB thumbnail, heat in 0..1 at thumbnail size, mask contour image or None)."""
     try:
@@ -82,9 +89,7 @@ def _montage(plt, out: Path, title: str, picks: Sequence[int], paths, types, sco
         verdict = "NG" if scores[i] >= threshold else "OK"
         ax.set_title(f"{types[i]}/{paths[i].name}\nscore {scores[i]:.3f} ({verdict}, thr {threshold:.3f})", fontsize=9)
     fig.suptitle(f"{title}\nheat: map value {vmin:.3g} (clear) … {vmax:.3g} (red); threshold at 2/3", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def write_report(
@@ -125,9 +130,7 @@ def write_report(
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="false-alarm rate (good images)", ylabel="recall (defective images)", title=f"ROC — {name}", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(d / "roc.png", dpi=90)
-    plt.close(fig)
+    _save(fig, d / "roc.png")
 
     # PR
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -137,9 +140,7 @@ def write_report(
         ax.axhline(labels.mean(), ls=":", color="grey", label="chance")
     ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall — {name}", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(d / "pr.png", dpi=90)
-    plt.close(fig)
+    _save(fig, d / "pr.png")
 
     # histograms
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -155,9 +156,7 @@ def write_report(
         ax.axvline(float(thr_f1), color="black", ls="--", lw=1.2, label=f"F1 threshold {float(thr_f1):.3f}")
     ax.set(xlabel="image score", ylabel="images", title=f"Score distribution — {name}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(d / "histogram.png", dpi=90)
-    plt.close(fig)
+    _save(fig, d / "histogram.png")
 
     # montages: one colour scale for all heatmaps (threshold sits at ~2/3 of it)
     all_maps_max = float(np.percentile([float(np.max(m)) for m in maps], 95)) if len(maps) else 1.0
