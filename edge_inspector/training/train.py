@@ -591,7 +591,8 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         chosen = greedy_coreset(patches, n_select, seed=settings.seed + 3, progress=lambda i, n: bar.update(1))
         bar.close()
         parts.bank = patches[chosen].clone()
-        parts.subspace = principal_subspace(patches, settings.subspace_dim)
+        if settings.head == "default":  # only the default head has the subspace terms
+            parts.subspace = principal_subspace(patches, settings.subspace_dim)
         parts.timing["coreset_s"] = round(time.perf_counter() - t0, 2)
         parts.timing["bank_size"] = int(chosen.numel())
     return parts
