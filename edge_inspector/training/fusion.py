@@ -135,10 +135,13 @@ def synthetic_anomalies(images: torch.Tensor, seed: int = 0, contrast: float = 1
 
 
 @torch.no_grad()
-def _standardised_terms(model, images: torch.Tensor, names, device: str, batch: int = 8) -> dict[str, torch.Tensor]:
+def _standardised_terms(model, images: torch.Tensor, names, device: str, batch: int = 8,
+                        are_features: bool = False) -> dict[str, torch.Tensor]:
+    """Standardised term grids of model inputs, or of their standardised features (``are_features``)."""
     out: dict[str, list] = {n: [] for n in names}
     for i in range(0, images.shape[0], batch):
-        z = model.standardised_features(images[i : i + batch].to(device))
+        x = images[i : i + batch].to(device)
+        z = x if are_features else model.standardised_features(x)
         for name, grid in model.term_grids(z, names).items():
             out[name].append(model.standardised_term(name, grid).cpu())
     return {n: torch.cat(v) for n, v in out.items()}
@@ -174,18 +177,22 @@ def full_weights(weights: dict[str, float]) -> dict[str, float]:
 @torch.no_grad()
 def select_fusion_weights(model, good_images: torch.Tensor, device: str = "cpu", seed: int = 0,
                           candidates=CANDIDATES, contrast: float = SYNTHETIC_CONTRAST,
-                          draws: int = DRAWS) -> tuple[dict[str, float], dict]:
+                          draws: int = DRAWS, good_features: torch.Tensor | None = None) -> tuple[dict[str, float], dict]:
     """Pick the default head's term weights on faint synthetic anomalies over held-out good images.
 
     ``model`` is a default-head InspectionModel whose term statistics are already fitted; candidates
-    naming a term the model cannot compute are left out."""
+    naming a term the model cannot compute are left out. ``good_features``: the standardised
+    features of ``good_images`` when the caller has them already (saves a backbone pass)."""
     size = good_images.shape[-1]
     have = set(model.available_terms())
     usable = [c for c in candidates if set(c) <= have]
     if not usable:
         raise ValueError(f"no fusion candidate uses only the terms this model has ({sorted(have)})")
     names = sorted({t for c in usable for t in c})
-    good_terms = _standardised_terms(model, good_images, names, device)
+    if good_features is not None:
+        good_terms = _standardised_terms(model, good_features, names, device, are_features=True)
+    else:
+        good_terms = _standardised_terms(model, good_images, names, device)
     good_maps = {i: _maps(model, good_terms, w, size) for i, w in enumerate(usable)}
     good_scores = {i: m.reshape(len(m), -1).max(1) for i, m in good_maps.items()}
     pixel = np.zeros((len(usable), draws))

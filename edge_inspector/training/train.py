@@ -643,7 +643,8 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     score_stats = fit_term_statistics(model, data.z_clean, data.z_hold, device)
     if head == "default":
         if fixed_w is None:
-            weights, selection = select_fusion_weights(model, data.hold_images, device, seed=settings.seed + 4)
+            weights, selection = select_fusion_weights(model, data.hold_images, device, seed=settings.seed + 4,
+                                                       good_features=data.z_hold)
         else:
             weights = full_weights({"ae": float(fixed_w), "knn": 1.0 - float(fixed_w)})
             selection = {"rule": "fixed by the caller (fusion_ae_weight)", "weights": weights}
