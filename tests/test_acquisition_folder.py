@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -29,15 +30,6 @@ def _write_images(folder: Path, names: list[str], seed: int = 0) -> dict[str, np
         assert cv2.imwrite(str(folder / name), image)
         images[Path(name).stem] = image
     return images
-
-
-def _take(source, n: int) -> list:
-    frames = []
-    for frame in source.frames():
-        frames.append(frame)
-        if len(frames) == n:
-            break
-    return frames
 
 
 def test_replays_folder_in_name_order_bit_exact_then_ends(tmp_path):
@@ -69,7 +61,7 @@ def test_single_file_path_is_replayed(tmp_path):
 def test_loop_restarts_with_unique_frame_ids(tmp_path):
     _write_images(tmp_path, ["a.png", "b.png"])
     with FolderSource(_camera(path=str(tmp_path), fps=500, loop=True)) as source:
-        frames = _take(source, 5)
+        frames = list(islice(source.frames(), 5))
     assert [Path(f.meta["path"]).stem for f in frames] == ["a", "b", "a", "b", "a"]
     assert [f.meta["pass"] for f in frames] == [0, 0, 1, 1, 2]
     assert len({f.frame_id for f in frames}) == 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -74,21 +75,12 @@ class _Consumer:
         assert not self.thread.is_alive(), "frames() did not return after close()"
 
 
-def _take(source, n):
-    frames = []
-    for frame in source.frames():
-        frames.append(frame)
-        if len(frames) == n:
-            break
-    return frames
-
-
 def test_free_run_replays_png_folder_bit_exactly(mono_images):
     folder, images = mono_images
     states = []
     with create_source(_camera(path=str(folder), fps=100), on_state=lambda s, d: states.append(s)) as source:
         assert isinstance(source, PylonSource) and not source.triggered
-        frames = _take(source, 8)
+        frames = list(islice(source.frames(), 8))
     for k, frame in enumerate(frames):
         assert frame.error is None and frame.image.dtype == np.uint8 and frame.image.shape == (48, 64)
         assert np.array_equal(frame.image, images[k % 4]), f"frame {k} differs from part{k % 4:02d}.png"
@@ -102,7 +94,7 @@ def test_free_run_replays_png_folder_bit_exactly(mono_images):
 def test_colour_pixel_format_gives_bgr_matching_the_file(tmp_path):
     images = _write(tmp_path / "colour", 2, (48, 64, 3), seed=1)
     with PylonSource(_camera(path=str(tmp_path / "colour"), pixel_format="RGB8Packed", fps=100)) as source:
-        frames = _take(source, 2)
+        frames = list(islice(source.frames(), 2))
     for frame, image in zip(frames, images):
         assert frame.image.shape == (48, 64, 3) and np.array_equal(frame.image, image)
 
@@ -110,7 +102,7 @@ def test_colour_pixel_format_gives_bgr_matching_the_file(tmp_path):
 def test_bayer_pixel_format_is_demosaiced_to_bgr_uint8(tmp_path):
     _write(tmp_path / "colour", 1, (48, 64, 3))
     with PylonSource(_camera(path=str(tmp_path / "colour"), pixel_format="BayerRG8", fps=100)) as source:
-        (frame,) = _take(source, 1)
+        (frame,) = list(islice(source.frames(), 1))
     assert frame.image.shape == (48, 64, 3) and frame.image.dtype == np.uint8
 
 
@@ -137,7 +129,7 @@ def test_open_by_serial_and_apply_exposure_gain(mono_images):
         nodes = source._camera.GetNodeMap()
         assert nodes.GetNode("ExposureTime").Value == pytest.approx(2500)
         assert nodes.GetNode("Gain").Value == pytest.approx(3.0, abs=0.05)
-        (frame,) = _take(source, 1)
+        (frame,) = list(islice(source.frames(), 1))
     assert source.serial == "0815-0001" and frame.frame_id == "0815-0001-1"
 
 
@@ -208,7 +200,7 @@ def test_repeated_failed_grabs_reopen_the_camera_by_serial(mono_images):
     source.open()
     source._camera.ForceFailedBufferCount.Value = 3
     source._camera.ForceFailedBuffer.Execute()
-    frames = _take(source, 4)
+    frames = list(islice(source.frames(), 4))
     source.close()
     # free-run: failed grabs are counted, not yielded; the source reopened the same camera
     assert all(f.image is not None for f in frames)
