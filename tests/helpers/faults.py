@@ -1,0 +1,128 @@
+"""Helpers for the fault-injection tests (tests/faults/): walk a pydantic model's numeric fields,
+the bad values each must refuse, and odd frame files a camera folder can hold."""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import annotated_types
+import cv2
+import numpy as np
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class NumericField:
+    """One numeric leaf of a pydantic model: its dotted key, base type and declared bounds."""
+
+    key: str
+    kind: type  # int or float
+    optional: bool
+    default: Any
+    lower: Optional[float] = None
+    lower_inclusive: bool = True
+    upper: Optional[float] = None
+    upper_inclusive: bool = True
+
+    def out_of_range(self) -> list[Any]:
+        """A value just below the lower bound and just above the upper one (both must be refused)."""
+        values = []
+        if self.lower is not None:
+            values.append(self.lower - 1 if self.lower_inclusive else self.lower)
+        if self.upper is not None:
+            values.append(self.upper + 1 if self.upper_inclusive else self.upper)
+        return [int(v) if self.kind is int and float(v).is_integer() else v for v in values]
+
+    def in_range(self) -> Any:
+        """The smallest value the bounds allow (must be accepted: a range that refuses everything
+        would make every refusal above meaningless)."""
+        if self.lower is None:
+            return self.kind(0)
+        if self.lower_inclusive:
+            return self.kind(self.lower)
+        return self.lower + 1 if self.kind is int else self.lower + 1e-3
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def _base_type(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def numeric_fields(model: type[BaseModel], prefix: str = "") -> list[NumericField]:
+    """Every int/float field of ``model`` and its nested sections (bool is not a number)."""
+    found: list[NumericField] = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation, optional = _unwrap_optional(info.annotation)
+        base = _base_type(annotation)
+        if isinstance(base, type) and issubclass(base, BaseModel):
+            found.extend(numeric_fields(base, key + "."))
+            continue
+        if base not in (int, float):
+            continue
+        field = NumericField(key=key, kind=base, optional=optional, default=info.default)
+        bounds: dict[str, Any] = {}
+        for meta in info.metadata:
+            if isinstance(meta, annotated_types.Gt):
+                bounds.update(lower=meta.gt, lower_inclusive=False)
+            elif isinstance(meta, annotated_types.Ge):
+                bounds.update(lower=meta.ge, lower_inclusive=True)
+            elif isinstance(meta, annotated_types.Lt):
+                bounds.update(upper=meta.lt, upper_inclusive=False)
+            elif isinstance(meta, annotated_types.Le):
+                bounds.update(upper=meta.le, upper_inclusive=True)
+        found.append(NumericField(**{**field.__dict__, **bounds}))
+    return found
+
+
+# Values no numeric key may take, whatever its range (YAML spelling, as --set parses it).
+NON_NUMBERS_YAML = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf", "true": "true"}
+NON_NUMBERS_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity", "true": "true"}
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- odd frames ----------------------------------------------------------------------------------
+def write_png(path: Path, image: np.ndarray) -> Path:
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def write_huge_png_header(path: Path, width: int, height: int) -> Path:
+    """A real, complete PNG of ``width``×``height`` grey pixels, written with cv2 row-compressed:
+    small on disk (zeros compress ~1000:1) but ``width*height`` bytes once decoded."""
+    image = np.zeros((height, width), np.uint8)
+    return write_png(path, image)
+
+
+def odd_frames(folder: Path, good: np.ndarray) -> dict[str, Path]:
+    """Files a station's folder camera must turn into one ERROR each, keyed by kind; the part
+    name's last ``_`` field is the kind (``odd_<kind>.png``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = {
+        "tiny": write_png(folder / "odd_tiny.png", np.full((1, 1), 127, np.uint8)),
+        "sliver": write_png(folder / "odd_sliver.png", np.full((1, 5000), 127, np.uint8)),
+        "huge": write_huge_png_header(folder / "odd_huge.png", 8000, 8000),
+        "twochannel": write_png(folder / "odd_twochannel.png", np.full((96, 128, 2), 127, np.uint8)),
+        "alpha": write_png(folder / "odd_alpha.png", np.full((96, 128, 4), 127, np.uint8)),
+    }
+    return frames
