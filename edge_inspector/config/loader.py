@@ -31,23 +31,45 @@ _PATH_KEYS = (
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key."""
+    """SafeLoader that remembers the line of every mapping key, and every key given twice."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False):
     mapping = {}
     lines = {}
+    duplicates = []  # (key, line, first line): PyYAML would silently keep the last value
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            duplicates.append((key, line, lines[key]))
         mapping[key] = loader.construct_object(value_node, deep=deep)
-        lines[key] = key_node.start_mark.line + 1
-    return _Mapping(mapping, lines)
+        lines.setdefault(key, line)
+    return _Mapping(mapping, lines, duplicates)
 
 
 class _Mapping(dict):
-    def __init__(self, data, lines):
+    def __init__(self, data, lines, duplicates=()):
         super().__init__(data)
         self.lines = lines
+        self.duplicates = list(duplicates)
+
+
+def _first_duplicate(tree: Any, path: tuple = ()) -> tuple[int, str, int] | None:
+    """(line, dotted key, first line) of the earliest key given twice in the same section."""
+    found = []
+    if isinstance(tree, _Mapping):
+        found += [(line, ".".join(map(str, path + (key,))), first) for key, line, first in tree.duplicates]
+        for key, value in tree.items():
+            hit = _first_duplicate(value, path + (key,))
+            if hit:
+                found.append(hit)
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            hit = _first_duplicate(value, path + (index,))
+            if hit:
+                found.append(hit)
+    return min(found) if found else None
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
@@ -185,9 +207,15 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(f"{where}: invalid YAML: {problem}") from None
         if tree is None:
-            tree = {}
+            # An empty file would run a station on defaults with nobody's name on it.
+            raise ConfigError(f"{source}: the file is empty; a station config needs at least station.line and station.name")
         if not isinstance(tree, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections (station:, camera:, ...)")
+        duplicate = _first_duplicate(tree)
+        if duplicate is not None:
+            line, key, first = duplicate
+            raise ConfigError(f"{source}:{line}: {key}: duplicate key (first at line {first}); "
+                              "YAML would silently keep only the last one")
     data = _plain(tree)
     overrides = list(overrides)
     apply_overrides(data, overrides)

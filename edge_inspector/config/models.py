@@ -2,23 +2,35 @@
 
 Every model forbids unknown keys so that a typo in a station's YAML is an error, not a silent
 default. Each section is owned by one stage; add fields to the stage's own section.
+
+Every number is a ``FiniteFloat`` or ``Integer`` with a lower and an upper bound (issue 8: no
+non-finite or out-of-range value reaches a decision); tests/faults/test_inputs_config.py walks
+this schema and fails for a numeric key without both bounds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from edge_inspector.config.numbers import THRESHOLD_RANGE, FiniteFloat, Integer, not_a_boolean
+
+# A ROI coordinate or size in original-image pixels (the largest sensors are ~16k pixels wide).
+RoiInt = Annotated[Integer, Field(ge=0, le=65535)]
+# Channels of a decoded frame: 1 grey/mono, 3 colour, 4 colour + alpha (PNG/TIFF files only).
+ChannelCount = Annotated[Literal[1, 3, 4], BeforeValidator(not_a_boolean)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, validate_default=True)
 
 
 class StationConfig(_Section):
-    line: str = Field("line1", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Production line id (MQTT topic level)")
-    name: str = Field("station1", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Station id (MQTT topic level)")
+    # Required, no defaults: a station that forgot its name would publish on another one's topics.
+    line: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Production line id (MQTT topic level)")
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Station id (MQTT topic level)")
 
 
 class TriggerConfig(_Section):
@@ -33,29 +45,59 @@ class TriggerConfig(_Section):
     )
 
 
+class FrameExpectConfig(_Section):
+    """What a frame of this station's camera looks like (issue 8, class 3). A frame outside it is
+    an ERROR verdict naming what is wrong: it was not taken by this station's camera (a stray
+    file, a wrong camera, a mis-set ROI on the sensor), so no score of it can be trusted.
+
+    Unset sizes are derived from the model bundle's input size S: each side from ceil(S/4) (the
+    model would upsample more than 4×) to 32·S (it would shrink more than 32×, defects vanish).
+    """
+
+    min_width: Optional[Integer] = Field(None, ge=1, le=65535, description="pixels; default ceil(S/4), S = model input size")
+    max_width: Optional[Integer] = Field(None, ge=1, le=65535, description="pixels; default 32·S")
+    min_height: Optional[Integer] = Field(None, ge=1, le=65535, description="pixels; default ceil(S/4)")
+    max_height: Optional[Integer] = Field(None, ge=1, le=65535, description="pixels; default 32·S")
+    max_megapixels: FiniteFloat = Field(
+        40.0, gt=0, le=1000,
+        description="largest frame in millions of pixels; image files are refused from their header, before decoding",
+    )
+    channels: list[ChannelCount] = Field([1, 3], min_length=1, description="allowed channel counts: 1 grey, 3 colour, 4 colour+alpha")
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self):
+        for side in ("width", "height"):
+            low, high = getattr(self, f"min_{side}"), getattr(self, f"max_{side}")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"min_{side} {low} is above max_{side} {high}")
+        return self
+
+
 class CameraConfig(_Section):
     type: Literal["pylon", "opencv", "folder"] = "folder"
     # folder: directory or single image file; opencv: device index ("0") or URL / video file.
     path: Optional[str] = None
     serial: Optional[str] = Field(None, description="pylon: camera serial number; first device when empty")
-    fps: float = Field(5.0, gt=0, le=1000)
+    fps: FiniteFloat = Field(5.0, gt=0, le=1000)
     loop: bool = Field(False, description="folder/opencv file: start over at the end")
     trigger: TriggerConfig = TriggerConfig()
-    exposure_us: Optional[float] = Field(None, gt=0)
-    gain_db: Optional[float] = Field(None, ge=0)
+    exposure_us: Optional[FiniteFloat] = Field(None, gt=0, le=10_000_000)
+    gain_db: Optional[FiniteFloat] = Field(None, ge=0, le=100)
     pixel_format: Optional[str] = Field(None, description="pylon PixelFormat, e.g. Mono8, BayerRG8, RGB8")
-    grab_timeout_ms: int = Field(5000, gt=0)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
-    max_consecutive_failures: int = Field(5, ge=1, description="grab failures before the camera is reopened")
+    grab_timeout_ms: Integer = Field(5000, gt=0, le=3_600_000)
+    reconnect_min_s: FiniteFloat = Field(0.5, gt=0, le=3600)
+    reconnect_max_s: FiniteFloat = Field(30.0, gt=0, le=3600)
+    max_consecutive_failures: Integer = Field(5, ge=1, le=10_000, description="grab failures before the camera is reopened")
+    expect: FrameExpectConfig = Field(default_factory=FrameExpectConfig,
+                                      description="what a frame of this station's camera looks like; anything else is an ERROR verdict")
 
 
 class PreprocessConfig(_Section):
-    roi: Optional[tuple[int, int, int, int]] = Field(None, description="[x, y, w, h] in original-image pixels")
+    roi: Optional[tuple[RoiInt, RoiInt, RoiInt, RoiInt]] = Field(None, description="[x, y, w, h] in original-image pixels")
     lighting: Literal["none", "clahe", "flat_field", "match_train"] = "none"
     flat_field_reference: Optional[Path] = None
-    clahe_clip_limit: float = Field(2.0, gt=0)
-    clahe_tile_grid: int = Field(8, ge=1, le=64)
+    clahe_clip_limit: FiniteFloat = Field(2.0, gt=0, le=1000)
+    clahe_tile_grid: Integer = Field(8, ge=1, le=64)
 
     @field_validator("roi")
     @classmethod
@@ -73,22 +115,22 @@ class PreprocessConfig(_Section):
 
 class ModelConfig(_Section):
     path: Path = Field(Path("models/current"), description="MODEL_DIR with model.onnx and model.json")
-    threshold: Optional[float] = Field(None, description="override the bundle's calibrated threshold")
+    threshold: Optional[FiniteFloat] = Field(None, **THRESHOLD_RANGE, description="override the bundle's calibrated threshold")
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
-    intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime default")
-    warmup_runs: int = Field(3, ge=0)
+    intra_op_threads: Integer = Field(0, ge=0, le=1024, description="0 = onnxruntime default")
+    warmup_runs: Integer = Field(3, ge=0, le=1000)
 
 
 class PostprocessConfig(_Section):
-    min_defect_area_px: int = Field(16, ge=0, description="connected regions smaller than this (original pixels) are ignored")
-    max_defects: int = Field(16, ge=1, description="largest-score regions reported per frame")
-    map_threshold: Optional[float] = Field(None, description="per-pixel threshold on the anomaly map; default = image threshold")
+    min_defect_area_px: Integer = Field(16, ge=0, le=1_000_000_000, description="connected regions smaller than this (original pixels) are ignored")
+    max_defects: Integer = Field(16, ge=1, le=1000, description="largest-score regions reported per frame")
+    map_threshold: Optional[FiniteFloat] = Field(None, **THRESHOLD_RANGE, description="per-pixel threshold on the anomaly map; default = image threshold")
 
 
 class PipelineConfig(_Section):
-    queue_size: int = Field(8, ge=1, le=1024)
-    heartbeat_timeout_s: float = Field(10.0, gt=0)
-    shutdown_timeout_s: float = Field(10.0, gt=0)
+    queue_size: Integer = Field(8, ge=1, le=1024)
+    heartbeat_timeout_s: FiniteFloat = Field(10.0, gt=0, le=3600)
+    shutdown_timeout_s: FiniteFloat = Field(10.0, gt=0, le=3600)
 
 
 class TLSConfig(_Section):
@@ -101,7 +143,7 @@ class TLSConfig(_Section):
 
 class MQTTConfig(_Section):
     host: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
+    port: Integer = Field(1883, ge=1, le=65535)
     topic_prefix: str = Field("edge-inspector", min_length=1)
     username: Optional[str] = None
     # Passwords never live inline in YAML: name an environment variable or a file.
@@ -109,13 +151,13 @@ class MQTTConfig(_Section):
     password_file: Optional[Path] = None
     protocol: Literal["5", "3.1.1"] = "5"
     client_id: Optional[str] = Field(None, description="default: edge-inspector-<line>-<station>")
-    keepalive_s: int = Field(30, ge=5)
+    keepalive_s: Integer = Field(30, ge=5, le=65535)
     tls: TLSConfig = TLSConfig()
-    plc_expiry_s: int = Field(5, ge=1)
-    health_interval_s: float = Field(10.0, gt=0)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
-    max_inflight: int = Field(20, ge=1)
+    plc_expiry_s: Integer = Field(5, ge=1, le=3600)
+    health_interval_s: FiniteFloat = Field(10.0, gt=0, le=86400)
+    reconnect_min_s: FiniteFloat = Field(0.5, gt=0, le=3600)
+    reconnect_max_s: FiniteFloat = Field(30.0, gt=0, le=3600)
+    max_inflight: Integer = Field(20, ge=1, le=65535)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -127,26 +169,33 @@ class MQTTConfig(_Section):
 
 class OutboxConfig(_Section):
     path: Path = Field(Path("state/outbox.sqlite"), description="sqlite file; results wait here until PUBACK")
-    max_mb: float = Field(512.0, gt=0)
+    max_mb: FiniteFloat = Field(512.0, gt=0, le=1_000_000)
     # drop_oldest: evict the oldest unsent results (counted, logged) to keep inspecting;
     # stop: refuse new results; the publish stage holds the verdict and retries until acked
     # results free space (back-pressure; the stalled publish heartbeat shows in /healthz and the watchdog).
     when_full: Literal["drop_oldest", "stop"] = "drop_oldest"
 
+    @field_validator("path")
+    @classmethod
+    def _a_file_not_a_directory(cls, v: Path):
+        if v.is_dir():
+            raise ValueError(f"{v} is a directory; name the sqlite file inside it, e.g. {v / 'outbox.sqlite'}")
+        return v
+
 
 class ArchiveConfig(_Section):
     enabled: bool = True
     path: Path = Path("state/archive")
-    max_mb: float = Field(2048.0, gt=0)
-    max_age_days: float = Field(30.0, gt=0)
-    sample_ok_every: int = Field(0, ge=0, description="also keep every Nth OK frame for audit; 0 = never")
+    max_mb: FiniteFloat = Field(2048.0, gt=0, le=100_000_000)
+    max_age_days: FiniteFloat = Field(30.0, gt=0, le=36500)
+    sample_ok_every: Integer = Field(0, ge=0, le=1_000_000_000, description="also keep every Nth OK frame for audit; 0 = never")
     save_heatmap: bool = True
 
 
 class HealthConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(9310, ge=0, le=65535, description="0 = pick a free port")
+    port: Integer = Field(9310, ge=0, le=65535, description="0 = pick a free port")
 
 
 class LoggingConfig(_Section):
@@ -155,7 +204,7 @@ class LoggingConfig(_Section):
 
 
 class Config(_Section):
-    station: StationConfig = StationConfig()
+    station: StationConfig
     camera: CameraConfig = CameraConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()
