@@ -145,11 +145,12 @@ def test_unknown_serial_is_one_clear_line_listing_cameras():
     "settings, expected",
     [
         ({"pixel_format": "Mono99"}, "camera.pixel_format=Mono99: pylon camera 0815-0000 does not support"),
-        ({"exposure_us": 1e12}, "camera.exposure_us=1000000000000.0: out of range"),
+        # inside the config's range (0..100 dB), outside this camera's (0..48 dB): the device says so
+        ({"gain_db": 60.0}, "camera.gain_db=60.0: out of range"),
         ({"trigger": {"mode": "hardware", "source": "Line9"}}, "camera.trigger.source=Line9"),
         ({"path": "/nonexistent/images"}, "camera.path=/nonexistent/images: no such image file or folder"),
     ],
-    ids=["pixel-format", "exposure", "trigger-line", "emulator-path"],
+    ids=["pixel-format", "gain", "trigger-line", "emulator-path"],
 )
 def test_invalid_camera_settings_fail_with_the_config_key(settings, expected):
     with pytest.raises(InputError) as info:

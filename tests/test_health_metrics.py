@@ -144,15 +144,15 @@ def test_port_in_use_does_not_stop_the_daemon_and_reload_rebinds(tmp_path):
     blocker.listen()
     taken = blocker.getsockname()[1]
     metrics, control = MetricsObserver(), FakeControl()
-    ops = HealthOps(metrics.registry, Config.model_validate({"health": {"port": taken}}), control.stage_heartbeats)
+    ops = HealthOps(metrics.registry, Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": taken}}), control.stage_heartbeats)
     try:
         ops.start()  # logs health_not_started; inspection goes on
         assert ops.server is None
         new_port = free_port()
-        note = ops.apply_config(Config.model_validate({"health": {"port": new_port}}))
+        note = ops.apply_config(Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": new_port}}))
         assert note == f"health: serving http://127.0.0.1:{new_port}"
         assert _get(f"http://127.0.0.1:{new_port}/healthz")[0] == 200
-        assert ops.apply_config(Config.model_validate({"health": {"port": new_port}})) == "health: unchanged"
+        assert ops.apply_config(Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": new_port}})) == "health: unchanged"
     finally:
         ops.stop()
         blocker.close()

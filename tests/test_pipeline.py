@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from edge_inspector.acquisition.base import Frame, FrameSource
-from edge_inspector.config.models import Config
+from edge_inspector.config.models import CameraConfig, Config
 from edge_inspector.inference.base import Engine
 from edge_inspector.observer import PipelineObserver
 from edge_inspector.pipeline.queues import END, StageQueue
@@ -136,7 +136,7 @@ def model_dir(tmp_path):
 
 
 def make_supervisor(tmp_path, model_dir, source, engine, observers=(), config_path=None, **cfg_over):
-    data = {"model": {"path": str(model_dir), "warmup_runs": 0}, "pipeline": {"queue_size": 2},
+    data = {"station": {"line": "l1", "name": "st1"}, "model": {"path": str(model_dir), "warmup_runs": 0}, "pipeline": {"queue_size": 2},
             "postprocess": {"min_defect_area_px": 1}, "outbox": {"path": str(tmp_path / "outbox.sqlite")},
             "archive": {"enabled": False, "path": str(tmp_path / "archive")}, "health": {"enabled": False}}
     for k, v in cfg_over.items():
@@ -315,7 +315,7 @@ def test_set_threshold_snapshot_status(tmp_path, model_dir):
 
 def test_reload_rejects_bad_config_and_bad_model_then_swaps_a_good_model(tmp_path, model_dir):
     config = tmp_path / "station.yaml"
-    base = {"model": {"path": str(model_dir), "warmup_runs": 0}, "pipeline": {"queue_size": 2},
+    base = {"station": {"line": "l1", "name": "st1"}, "model": {"path": str(model_dir), "warmup_runs": 0}, "pipeline": {"queue_size": 2},
             "postprocess": {"min_defect_area_px": 1}, "outbox": {"path": str(tmp_path / "outbox.sqlite")},
             "archive": {"enabled": False, "path": str(tmp_path / "archive")}, "health": {"enabled": False}}
     config.write_text(yaml.safe_dump(base))
@@ -347,7 +347,7 @@ def test_reload_rejects_bad_config_and_bad_model_then_swaps_a_good_model(tmp_pat
             time.sleep(0.05)
         new_sha = sup.current_runtime().bundle.sha256
         assert new_sha != old_sha and rec.models[-1] == new_sha
-        assert sup.cfg.camera.fps == Config().camera.fps  # restart-only section kept its running value
+        assert sup.cfg.camera.fps == CameraConfig().fps  # restart-only section kept its running value
         time.sleep(0.3)
     finally:
         sup.request_stop("test")
@@ -361,7 +361,7 @@ def test_reload_rejects_bad_config_and_bad_model_then_swaps_a_good_model(tmp_pat
 
 def test_model_that_fails_to_load_keeps_the_running_one_and_can_be_retried(tmp_path, model_dir):
     config = tmp_path / "station.yaml"
-    base = {"model": {"path": str(model_dir), "warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
+    base = {"station": {"line": "l1", "name": "st1"}, "model": {"path": str(model_dir), "warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
             "archive": {"enabled": False, "path": str(tmp_path / "archive")}, "health": {"enabled": False}}
     config.write_text(yaml.safe_dump(base))
     engine = NumpyEngine()
@@ -406,7 +406,7 @@ def test_model_that_fails_to_load_keeps_the_running_one_and_can_be_retried(tmp_p
 
 def test_reload_with_new_broker_replaces_publisher_on_same_outbox(tmp_path, model_dir):
     config = tmp_path / "station.yaml"
-    base = {"model": {"path": str(model_dir), "warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
+    base = {"station": {"line": "l1", "name": "st1"}, "model": {"path": str(model_dir), "warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
             "archive": {"enabled": False, "path": str(tmp_path / "archive")}, "health": {"enabled": False}}
     config.write_text(yaml.safe_dump(base))
     built = []
@@ -446,7 +446,7 @@ def test_reload_with_new_broker_replaces_publisher_on_same_outbox(tmp_path, mode
 
 def test_reload_applies_threshold_roi_lighting_postprocess_archive_without_reopening_the_camera(tmp_path, model_dir):
     config = tmp_path / "station.yaml"
-    base = {"model": {"path": str(model_dir), "warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
+    base = {"station": {"line": "l1", "name": "st1"}, "model": {"path": str(model_dir), "warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
             "postprocess": {"min_defect_area_px": 1},
             "archive": {"enabled": True, "path": str(tmp_path / "archive")}, "health": {"enabled": False}}
     config.write_text(yaml.safe_dump(base))

@@ -376,25 +376,25 @@ def test_publisher_killed_during_outage_replays_from_outbox(mosquitto, tmp_path,
 
 
 def test_password_comes_from_env_or_file_never_inline(tmp_path, monkeypatch):
-    cfg = Config.model_validate({"mqtt": {"username": "u", "password_env": "EI_TEST_PW"}})
+    cfg = Config.model_validate({"station": {"line": "l1", "name": "st1"}, "mqtt": {"username": "u", "password_env": "EI_TEST_PW"}})
     with pytest.raises(ConfigError, match="environment variable EI_TEST_PW is not set"):
         read_password(cfg.mqtt)
     monkeypatch.setenv("EI_TEST_PW", "s3cret")
     assert read_password(cfg.mqtt) == "s3cret"
     secret = tmp_path / "pw"
     secret.write_text("from-file\n")
-    cfg = Config.model_validate({"mqtt": {"username": "u", "password_file": str(secret)}})
+    cfg = Config.model_validate({"station": {"line": "l1", "name": "st1"}, "mqtt": {"username": "u", "password_file": str(secret)}})
     assert read_password(cfg.mqtt) == "from-file"
-    cfg = Config.model_validate({"mqtt": {"username": "u", "password_file": str(tmp_path / "missing")}})
+    cfg = Config.model_validate({"station": {"line": "l1", "name": "st1"}, "mqtt": {"username": "u", "password_file": str(tmp_path / "missing")}})
     with pytest.raises(ConfigError, match=r"mqtt\.password_file: cannot read .*missing"):
         read_password(cfg.mqtt)
-    cfg = Config.model_validate({"mqtt": {"password_env": "EI_TEST_PW"}})
+    cfg = Config.model_validate({"station": {"line": "l1", "name": "st1"}, "mqtt": {"password_env": "EI_TEST_PW"}})
     with pytest.raises(ConfigError, match="mqtt.username is required"):
         read_password(cfg.mqtt)
 
 
 def test_missing_tls_file_is_a_config_error(tmp_path):
-    cfg = Config.model_validate({"mqtt": {"tls": {"enabled": True, "ca_file": str(tmp_path / "ca.pem")}},
+    cfg = Config.model_validate({"station": {"line": "l1", "name": "st1"}, "mqtt": {"tls": {"enabled": True, "ca_file": str(tmp_path / "ca.pem")}},
                                  "outbox": {"path": str(tmp_path / "o.sqlite")}})
     outbox = Outbox(cfg.outbox.path)
     with pytest.raises(ConfigError, match=r"mqtt\.tls\.ca_file: file not found: .*ca\.pem"):
@@ -428,7 +428,7 @@ def test_rows_leave_the_outbox_only_on_puback_within_a_bounded_window(mosquitto,
 
 
 def test_outbox_full_with_stop_policy_publishes_nothing(tmp_path):
-    cfg = Config.model_validate({"outbox": {"path": str(tmp_path / "o.sqlite"), "max_mb": 0.05, "when_full": "stop"}})
+    cfg = Config.model_validate({"station": {"line": "l1", "name": "st1"}, "outbox": {"path": str(tmp_path / "o.sqlite"), "max_mb": 0.05, "when_full": "stop"}})
     outbox = Outbox(cfg.outbox.path, cfg.outbox.max_mb, cfg.outbox.when_full)
     pub = MqttPublisher(cfg, outbox, MODEL)  # never started: nothing can be sent anyway
     from edge_inspector.publish import OutboxFullError

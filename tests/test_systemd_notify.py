@@ -129,7 +129,7 @@ def test_systemd_component_only_exists_under_systemd(monkeypatch):
     from edge_inspector.config.models import Config
     from edge_inspector.systemd import SystemdOps, create_ops_component
 
-    supervisor = SimpleNamespace(cfg=Config(), stage_heartbeats=dict, status=dict)
+    supervisor = SimpleNamespace(cfg=Config.model_validate({"station": {"line": "l1", "name": "st1"}}), stage_heartbeats=dict, status=dict)
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert create_ops_component(supervisor) is None
     monkeypatch.setenv("NOTIFY_SOCKET", "@edge-inspector-test-nobody")
