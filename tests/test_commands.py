@@ -218,15 +218,16 @@ def test_command_ops_resubscribes_when_a_reload_replaces_the_publisher():
 
     first, second = RecordingPublisher(), RecordingPublisher()
     control = FakeControl()
-    supervisor = SimpleNamespace(cfg=Config(), publisher=first, **{m: getattr(control, m) for m in
+    station1 = Config.model_validate({"station": {"line": "line1", "name": "station1"}})
+    supervisor = SimpleNamespace(cfg=station1, publisher=first, **{m: getattr(control, m) for m in
                                  ("reload", "set_threshold", "snapshot", "status", "stage_heartbeats")})
     ops = CommandOps(supervisor)
     ops.start()
     try:
         assert first.subscriptions == ["edge-inspector/line1/station1/cmd/+"]
-        assert ops.apply_config(Config()) == "commands: unchanged"
+        assert ops.apply_config(station1) == "commands: unchanged"
 
-        renamed = Config.model_validate({"station": {"name": "st9"}})
+        renamed = Config.model_validate({"station": {"line": "line1", "name": "st9"}})
         supervisor.publisher = second  # what Supervisor._replace_publisher does on an mqtt/station change
         assert ops.apply_config(renamed) == "commands: subscribed edge-inspector/line1/st9/cmd/+"
         assert second.subscriptions == ["edge-inspector/line1/st9/cmd/+"]

@@ -8,7 +8,10 @@ can match it with an optional ``"id"`` field (echoed back). Reply::
     {"ok": true,  "command": "set-threshold", "result": {...}, "id": "..."}
     {"ok": false, "command": "set-threshold", "error": "value: Input should be greater than 0"}
 
-Every payload is validated (unknown fields are errors) and every error is one line. Who may
+Every payload is validated (unknown fields are errors) and every error is one line, with the
+request's ``id`` when it could be read (``busy`` replies included). Numbers are finite, bounded
+and never booleans (``{"value": true}`` is not threshold 1.0): config/numbers.py. A payload over
+``MAX_PAYLOAD_BYTES`` or nested too deeply for the JSON parser gets an error reply too. Who may
 publish to ``P/cmd/#`` is the broker's job (deploy/mosquitto/acl.example).
 
 Commands run one at a time on a worker thread of their own: a reload that loads and warms up a
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import queue
 import threading
 from dataclasses import dataclass
@@ -27,8 +29,9 @@ from typing import Any, Callable, Literal, Optional
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_inspector.config.numbers import THRESHOLD_RANGE, FiniteFloat, Integer
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineControl
 
@@ -38,8 +41,12 @@ Reply = Callable[[str, bytes, Optional[bytes]], None]  # (topic, payload, correl
 
 
 # --- payload schemas ---------------------------------------------------------------------------
+# Commands are small JSON objects; anything larger is refused before it is parsed.
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
 class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
     id: Optional[str] = Field(None, max_length=128, description="echoed in the reply (for MQTT 3.1.1 clients)")
 
 
@@ -48,20 +55,13 @@ class ReloadArgs(_Args):
 
 
 class SetThresholdArgs(_Args):
-    value: float = Field(..., gt=0, description="new image-score threshold; not persisted across restarts")
-
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
+    value: FiniteFloat = Field(..., **THRESHOLD_RANGE, description="new image-score threshold; not persisted across restarts")
 
 
 class SnapshotArgs(_Args):
-    max_side: int = Field(1024, ge=16, le=8192, description="downscale so the longer side is at most this")
+    max_side: Integer = Field(1024, ge=16, le=8192, description="downscale so the longer side is at most this")
     format: Literal["jpeg", "png"] = "jpeg"
-    quality: int = Field(85, ge=10, le=100, description="JPEG quality")
+    quality: Integer = Field(85, ge=10, le=100, description="JPEG quality")
 
 
 class StatusArgs(_Args):
@@ -76,7 +76,7 @@ MAX_TRIGGERS_PER_COMMAND = 32
 class TriggerArgs(_Args):
     """Fire software triggers (camera.trigger.mode: software, software_source: command)."""
 
-    count: int = Field(1, ge=1, le=MAX_TRIGGERS_PER_COMMAND, strict=True,
+    count: Integer = Field(1, ge=1, le=MAX_TRIGGERS_PER_COMMAND, strict=True,
                        description="triggers to fire back to back; each one ends as one result")
 
 
@@ -161,7 +161,11 @@ class CommandHandler:
         try:
             self._queue.put_nowait(request)
         except queue.Full:
-            self._send(request, {"ok": False, "command": name, "error": f"busy: {self._queue.qsize()} commands already queued"})
+            busy = {"ok": False, "command": name, "error": f"busy: {self._queue.qsize()} commands already queued"}
+            request_id = _request_id(parse_payload(request.payload)[0])
+            if request_id is not None:
+                busy["id"] = request_id
+            self._send(request, busy)
 
     def _run(self) -> None:
         while True:
@@ -170,6 +174,10 @@ class CommandHandler:
                 return
             try:
                 response = self.execute(request.name, request.payload)
+            except Exception as exc:  # noqa: BLE001 - execute() never raises; if it did, the commander still hears
+                log.exception("command_failed", command=request.name)
+                response = {"ok": False, "command": request.name, "error": f"internal error: {exc.__class__.__name__}"}
+            try:
                 self._send(request, response)
             except Exception:  # noqa: BLE001 - the command thread must survive any one command
                 log.exception("command_reply_failed", command=request.name)
@@ -219,17 +227,13 @@ class CommandHandler:
                 out["id"] = request_id
             return out
 
+        raw, problem = parse_payload(payload)
+        request_id = _request_id(raw)
         schema = COMMANDS.get(name)
         if schema is None:
-            return fail(f"unknown command {name!r}; known: {', '.join(COMMANDS)}")
-        try:
-            text = payload.decode("utf-8").strip() if payload else ""
-            raw = json.loads(text) if text else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return fail(f"payload is not JSON: {_one_line(str(exc))}")
-        if not isinstance(raw, dict):
-            return fail(f"payload must be a JSON object, got {type(raw).__name__}")
-        request_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+            return fail(f"unknown command {name!r}; known: {', '.join(COMMANDS)}", request_id)
+        if problem is not None:
+            return fail(problem, request_id)
         try:
             args = schema.model_validate(raw)
         except ValidationError as err:
@@ -272,6 +276,29 @@ class CommandHandler:
         if not ok:
             raise _CommandFailed(_one_line(message))
         return {"count": args.count, "message": message}
+
+
+def parse_payload(payload: bytes) -> tuple[Optional[dict], Optional[str]]:
+    """Command payload → (JSON object, None) or (None, one-line reason). Never raises: a payload
+    nested deeper than the parser's recursion limit is a reason, not a RecursionError."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None, f"payload too large ({len(payload)} bytes, at most {MAX_PAYLOAD_BYTES})"
+    try:
+        text = payload.decode("utf-8").strip() if payload else ""
+        raw = json.loads(text) if text else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"payload is not JSON: {_one_line(str(exc))}"
+    except RecursionError:
+        return None, "payload is not usable JSON: nested too deeply"
+    if not isinstance(raw, dict):
+        return None, f"payload must be a JSON object, got {type(raw).__name__}"
+    return raw, None
+
+
+def _request_id(raw: Optional[dict]) -> Optional[str]:
+    """The request's ``id`` when it is one that a reply may carry (a short string)."""
+    value = raw.get("id") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) and len(value) <= 128 else None
 
 
 class _CommandFailed(Exception):

@@ -10,6 +10,7 @@ import json
 import threading
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from edge_inspector.publish.commands import COMMANDS, CommandHandler
@@ -22,7 +23,9 @@ ARGUMENTS = [(name, field) for name, schema in COMMANDS.items() for field in num
 
 @pytest.fixture
 def handler():
-    return CommandHandler(FakeControl(), BASE)
+    control = FakeControl()
+    control.frame = np.full((48, 64), 127, np.uint8)  # so that a valid snapshot succeeds
+    return CommandHandler(control, BASE)
 
 
 def _valid_payload(name: str) -> dict:
