@@ -233,7 +233,7 @@ def test_every_bad_frame_becomes_an_error_verdict_in_order(tmp_path, model_dir):
     kinds = [v.verdict for v in verdicts]
     assert kinds == ["OK", "ERROR", "ERROR", "ERROR", "ERROR", "ERROR", "ERROR", "NG", "OK"]
     assert "grab failed" in verdicts[1].error
-    assert "shape" in verdicts[2].error and "shape" in verdicts[3].error
+    assert "channels" in verdicts[2].error and "channels" in verdicts[3].error  # camera.expect.channels
     assert "inference failed" in verdicts[6].error and "CUDA" in verdicts[6].error
     assert all(v.threshold == 0.5 for v in verdicts)
     assert verdicts[7].defects and verdicts[7].model["sha256"] == sup.current_runtime().bundle.sha256

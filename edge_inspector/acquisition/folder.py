@@ -13,9 +13,10 @@ from typing import Iterator, Optional
 import numpy as np
 
 from edge_inspector.acquisition.base import POLL_INTERVAL_S, CameraError, Frame, FrameSource, Pacer, StateCallback, stamp
+from edge_inspector.acquisition.expect import max_pixels
 from edge_inspector.config.models import CameraConfig
 from edge_inspector.errors import DatasetError, InputError
-from edge_inspector.imageio import IMAGE_SUFFIXES, list_images, read_image
+from edge_inspector.imageio import IMAGE_SUFFIXES, ImageTooLargeError, list_images, read_image
 from edge_inspector.logging import get_logger
 
 log = get_logger("edge_inspector.acquisition.folder")
@@ -41,7 +42,9 @@ class FolderSource(FrameSource):
     """Replays ``camera.path`` (a folder of images, in name order, or a single image file).
 
     An unreadable or corrupt file becomes a Frame with ``image=None`` and ``error`` naming the
-    file, so the part still ends as an ERROR verdict. Frame ids are ``<stem>-<n>`` with ``n``
+    file, so the part still ends as an ERROR verdict. Files are decoded by content, and one whose
+    header announces more than ``camera.expect.max_megapixels`` is refused before decoding, so a
+    stray huge file costs no memory. Frame ids are ``<stem>-<n>`` with ``n``
     counting every frame of this source (unique across loop passes).
     """
 
@@ -90,7 +93,7 @@ class FolderSource(FrameSource):
         while True:
             for index, path in enumerate(self._files):
                 # Decode before waiting so the frame leaves on its deadline, not deadline + decode time.
-                image, error = self._load(path)
+                image, error = self._load(path, max_pixels(self._cfg.expect))
                 if not self._wait_for_slot(pacer):
                     return
                 ts_grab, ts_wall = stamp()
@@ -120,9 +123,11 @@ class FolderSource(FrameSource):
         return not self._stop.is_set()
 
     @staticmethod
-    def _load(path: Path) -> tuple[Optional[np.ndarray], Optional[str]]:
+    def _load(path: Path, pixel_limit: int) -> tuple[Optional[np.ndarray], Optional[str]]:
         try:
-            return read_image(path), None
+            return read_image(path, max_pixels=pixel_limit), None
+        except ImageTooLargeError as exc:
+            return None, f"{exc} (camera.expect.max_megapixels)"
         except DatasetError as exc:  # message already starts with the file name
             return None, str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must become an ERROR frame, not end the replay

@@ -59,7 +59,7 @@ class FrameExpectConfig(_Section):
     min_height: Optional[Integer] = Field(None, ge=1, le=65535, description="pixels; default ceil(S/4)")
     max_height: Optional[Integer] = Field(None, ge=1, le=65535, description="pixels; default 32·S")
     max_megapixels: FiniteFloat = Field(
-        40.0, gt=0, le=1000,
+        40.0, gt=0, le=150,
         description="largest frame in millions of pixels; image files are refused from their header, before decoding",
     )
     channels: list[ChannelCount] = Field([1, 3], min_length=1, description="allowed channel counts: 1 grey, 3 colour, 4 colour+alpha")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,12 @@ def validate_meta(meta: Any, where: str) -> dict:
         )
     try:
         size = int(meta["image_size"])
-        float(meta["threshold"])
     except (TypeError, ValueError):
-        raise ModelBundleError(f"{where}: image_size and threshold must be numbers") from None
+        raise ModelBundleError(f"{where}: image_size must be a number") from None
+    threshold = meta["threshold"]
+    # JSON may hold NaN/Infinity (Python writes them): a NaN threshold would pass every part.
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ModelBundleError(f"{where}: threshold must be a finite number, got {json.dumps(threshold)}")
     if not 32 <= size <= 4096:
         raise ModelBundleError(f"{where}: image_size {size} out of range 32..4096")
     return meta

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from edge_inspector.acquisition.expect import FrameExpectation
 from edge_inspector.config.models import Config
 from edge_inspector.inference.base import Engine
 from edge_inspector.inference.bundle import ModelBundle
@@ -24,7 +25,9 @@ class ModelRuntime:
     engine: Engine
     preprocessor: Preprocessor
     regions: RegionSettings
-    generation: int  # 1 at start, +1 for every applied change (logs and status)
+    generation: int
+    # What a frame of this station's camera looks like; sizes may derive from this bundle's input size.
+    frame_expectation: FrameExpectation  # 1 at start, +1 for every applied change (logs and status)
 
     @property
     def model_info(self) -> dict:
@@ -78,6 +81,7 @@ def build_runtime(
         preprocessor=build_preprocessor(cfg, bundle),
         regions=build_region_settings(cfg, effective_threshold(cfg, bundle, threshold_override)),
         generation=generation,
+        frame_expectation=FrameExpectation.from_config(cfg.camera.expect, bundle.image_size),
     )
 
 

@@ -240,6 +240,8 @@ class Pipeline:
             where = frame.source or frame.frame_id
             if frame.image is None:
                 item.error = frame.error or f"{where}: grab failed (no image)"
+            elif (odd := runtime.frame_expectation.problem(frame.image)) is not None:
+                item.error = f"{where}: {odd}"  # not this station's camera's frame: no score can be trusted
             else:
                 try:
                     item.tensor, item.geometry = runtime.preprocessor.prepare(frame.image)

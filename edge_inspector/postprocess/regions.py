@@ -84,8 +84,12 @@ def decide(
     geometry: Geometry,
     settings: RegionSettings,
 ) -> Verdict:
-    """The verdict for one inspected frame. A non-finite score is an ERROR, never an OK."""
-    if score is None or not math.isfinite(float(score)):
+    """The verdict for one inspected frame. A non-finite score or threshold is an ERROR, never an
+    OK: NaN compares False with everything, so ``score >= NaN`` would pass every part. The config
+    and the commands already refuse such thresholds; this is the last line of defence."""
+    if not _finite(settings.threshold):
+        return error_verdict(frame_id, ts_wall, ts_grab, f"threshold is not a finite number ({settings.threshold})", None)
+    if not _finite(score):
         return error_verdict(frame_id, ts_wall, ts_grab, f"model produced a non-finite score ({score})", settings.threshold)
     score = float(score)
     is_ng = score >= settings.threshold
@@ -99,6 +103,13 @@ def decide(
         ts_grab=ts_grab,
         defects=defects,
     )
+
+
+def _finite(value: Optional[float]) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def error_verdict(frame_id: str, ts_wall: float, ts_grab: float, reason: str, threshold: Optional[float]) -> Verdict:

@@ -81,7 +81,7 @@ def test_oversize_is_refused_from_the_header_before_decoding(tmp_path, kind, dat
         read_image(path, max_pixels=40_000_000)
     message = str(exc.value)
     assert message.startswith(str(path)) and "\n" not in message
-    assert "larger than" in message and "×" in message, message
+    assert "larger than" in message and "not decoded" in message, message
 
 
 def test_tiff_header_is_read_too(tmp_path):
