@@ -122,7 +122,44 @@ def odd_frames(folder: Path, good: np.ndarray) -> dict[str, Path]:
         "tiny": write_png(folder / "odd_tiny.png", np.full((1, 1), 127, np.uint8)),
         "sliver": write_png(folder / "odd_sliver.png", np.full((1, 5000), 127, np.uint8)),
         "huge": write_huge_png_header(folder / "odd_huge.png", 8000, 8000),
-        "twochannel": write_png(folder / "odd_twochannel.png", np.full((96, 128, 2), 127, np.uint8)),
         "alpha": write_png(folder / "odd_alpha.png", np.full((96, 128, 4), 127, np.uint8)),
     }
     return frames
+
+
+def make_nan_bundle(model_dir: Path, image_size: int = 64, threshold: float = 0.5) -> Path:
+    """A valid bundle whose model outputs NaN for every pixel and every score: sqrt(-1 - |x|)."""
+    import hashlib
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.helpers.tiny_bundle import OPSET, make_tiny_bundle
+
+    d = make_tiny_bundle(model_dir, image_size=image_size, threshold=threshold)
+    s = int(image_size)
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, s, s])
+    amap = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, s, s])
+    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [
+        helper.make_node("Abs", ["image"], ["abs_image"]),
+        helper.make_node("ReduceMean", ["abs_image"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Add", ["mean", "one"], ["shifted"]),
+        helper.make_node("Neg", ["shifted"], ["negative"]),
+        helper.make_node("Sqrt", ["negative"], ["anomaly_map"]),  # sqrt of a negative number: NaN
+        helper.make_node("ReduceMax", ["negative"], ["max_negative"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Sqrt", ["max_negative"], ["score"]),
+    ]
+    graph = helper.make_graph(nodes, "nan_anomaly", [image], [amap, score], initializer=[one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    (d / "model.onnx").write_bytes(data)
+    meta = json.loads((d / "model.json").read_text())
+    meta["onnx_sha256"] = hashlib.sha256(data).hexdigest()
+    meta["name"] = "nan-model"
+    (d / "model.json").write_text(json.dumps(meta, indent=2))
+    return d
