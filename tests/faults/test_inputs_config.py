@@ -12,7 +12,7 @@ from edge_inspector.config import load_config
 from edge_inspector.config.models import Config
 from edge_inspector.errors import ConfigError
 from tests.helpers.faults import NON_NUMBERS_YAML, numeric_fields
-from tests.helpers.station import run_cli
+from tests.helpers.station import REPO, run_cli
 
 NUMERIC = numeric_fields(Config)
 MINIMAL = "station:\n  line: l1\n  name: st1\n"
@@ -71,6 +71,13 @@ def test_every_numeric_key_refuses_values_outside_its_range(tmp_path, field):
         with pytest.raises(ConfigError) as exc:
             load_config(path)
         assert f"station.yaml:{nested.count(chr(10)) + text.count(chr(10))}: {field.key}: " in str(exc.value), str(exc.value)
+
+
+def test_the_docs_state_every_numeric_range():
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = text.split("## Number ranges", 1)[1].split("\n## ", 1)[0]
+    missing = [f"| `{f.key}` | {f.range_text()} |" for f in NUMERIC if f"| `{f.key}` | {f.range_text()} |" not in section]
+    assert not missing, "docs/configuration.md, Number ranges: rows missing or out of date: " + "; ".join(missing)
 
 
 @pytest.mark.parametrize("roi", ["[0, 0, 0, 10]", "[-1, 0, 10, 10]", "[0, .nan, 10, 10]", "[0, 0, 10, .inf]",

@@ -38,6 +38,15 @@ class NumericField:
             values.append(self.upper + 1 if self.upper_inclusive else self.upper)
         return [int(v) if self.kind is int and float(v).is_integer() else v for v in values]
 
+    def range_text(self) -> str:
+        """How docs/configuration.md ("Number ranges") writes this key's range."""
+        def num(v):
+            return f"{v:,}".replace(",", " ") if isinstance(v, int) or float(v).is_integer() else f"{v:g}"
+        low = "" if self.lower is None else f"{num(self.lower)} {'≤' if self.lower_inclusive else '<'} "
+        high = "" if self.upper is None else f" {'≤' if self.upper_inclusive else '<'} {num(self.upper)}"
+        kind = "integer" if self.kind is int else "number"
+        return f"{kind} {low}x{high}" + (", or null" if self.optional else "")
+
     def in_range(self) -> Any:
         """The smallest value the bounds allow (must be accepted: a range that refuses everything
         would make every refusal above meaningless)."""
