@@ -172,6 +172,8 @@ def _format_validation_error(exc: ValidationError, source: str, tree: Any, overr
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    elif err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")  # our validators' own words
     override = _override_for(loc, overrides) if loc else None
     if override is not None:
         # The value came from the command line: pointing at a line of the file would mislead.

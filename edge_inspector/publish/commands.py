@@ -94,7 +94,8 @@ def validation_message(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e.get("loc", ())) or "payload"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        msg = e.get("msg", "invalid")
+        parts.append(f"{where}: {msg.removeprefix('Value error, ') if e.get('type') == 'value_error' else msg}")
     return "; ".join(parts)
 
 
