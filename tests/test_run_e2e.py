@@ -93,7 +93,7 @@ def _write_bad_frames(folder):
     (folder / "part_0001a_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     (folder / "part_0002a_truncated.png").write_bytes(good[: len(good) // 2])
     (folder / "part_0003a_empty.png").write_bytes(b"")
-    cv2.imwrite(str(folder / "part_0004a_oddsize.png"), np.full((3, 5), 127, np.uint8))  # ROI lies outside it
+    cv2.imwrite(str(folder / "part_0004a_oddsize.png"), np.full((3, 5), 127, np.uint8))  # no frame of this camera
     return {"corrupt", "truncated", "empty", "oddsize"}
 
 
@@ -115,7 +115,7 @@ def test_bad_frames_become_error_verdicts_and_run_continues(tmp_path, mosquitto,
         for kind, r in errors.items():
             assert r["score"] is None and r["defects"] == [] and r["error"]
             assert "\n" not in r["error"]
-        assert "outside" in errors["oddsize"]["error"] and "truncated" in errors["truncated"]["error"]
+        assert "narrower than camera.expect.min_width" in errors["oddsize"]["error"] and "truncated" in errors["truncated"]["error"]
         assert sum(r["verdict"] == "OK" for r in results) == 6  # the good parts around them still pass
         assert [p["res"] for p in sub.payloads("plc")].count(3) == 4
     finally:
