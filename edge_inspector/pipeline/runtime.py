@@ -25,9 +25,9 @@ class ModelRuntime:
     engine: Engine
     preprocessor: Preprocessor
     regions: RegionSettings
-    generation: int
+    generation: int  # 1 at start, +1 for every applied change (logs and status)
     # What a frame of this station's camera looks like; sizes may derive from this bundle's input size.
-    frame_expectation: FrameExpectation  # 1 at start, +1 for every applied change (logs and status)
+    frame_expectation: FrameExpectation
 
     @property
     def model_info(self) -> dict:
