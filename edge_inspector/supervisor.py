@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import math
 import signal
 import threading
@@ -31,16 +30,23 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
+from edge_inspector import faults, systemd
 from edge_inspector.acquisition.trigger import SoftwareTrigger
+from edge_inspector.archive import store as archive_store
 from edge_inspector.config.loader import load_config
 from edge_inspector.config.models import Config
 from edge_inspector.errors import ConfigError, InputError
+from edge_inspector.health import metrics as health_metrics
+from edge_inspector.health import server as health_server
+from edge_inspector.health.liveness import assess
 from edge_inspector.inference.bundle import ModelBundle, load_bundle
 from edge_inspector.logging import get_logger, setup_logging
 from edge_inspector.observer import CompositeObserver, PipelineObserver
 from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, build_runtime, open_engine
 from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
+from edge_inspector.threads import restart_counts
+from edge_inspector.publish import commands as remote_commands
 
 log = get_logger("edge_inspector.supervisor")
 
@@ -49,16 +55,17 @@ log = get_logger("edge_inspector.supervisor")
 RESTART_ONLY_SECTIONS = ("camera", "outbox", "pipeline")
 # Model settings whose change means a new onnxruntime session (loaded in the background).
 ENGINE_KEYS = ("path", "providers", "intra_op_threads", "warmup_runs")
-# Station-operations modules tried by ``_build_ops``; each may expose
-# ``create_ops_component(supervisor) -> component | None``. Missing modules are skipped.
 # Verdicts remembered for on_published (PUBACK); bounded so a week-long outage cannot eat RAM.
 AWAITING_ACK_LIMIT = 10_000
-OPS_MODULES = (
-    "edge_inspector.systemd",
-    "edge_inspector.health.metrics",
-    "edge_inspector.health.server",
-    "edge_inspector.archive.store",
-    "edge_inspector.publish.commands",
+# Station-operations components, built in this order by ``_build_ops`` (metrics before the
+# components that add their counters to it). Explicit on purpose: a renamed module is an
+# ImportError at start, never a silently missing watchdog.
+OPS_BUILDERS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("watchdog", systemd.create_ops_component),  # None when not run by systemd
+    ("metrics", health_metrics.create_ops_component),  # None when health.enabled is false
+    ("health", health_server.create_ops_component),  # None when health.enabled is false
+    ("archive", archive_store.create_ops_component),
+    ("commands", remote_commands.create_ops_component),
 )
 
 
@@ -280,25 +287,21 @@ class Supervisor:
     # ================================================================ station operations
     def _build_ops(self) -> list:
         """Construct the station-operations components (metrics, /healthz, systemd watchdog, NG
-        archive, remote commands) from ``self.cfg``.
+        archive, remote commands) from ``self.cfg``, each by its builder in ``OPS_BUILDERS``.
 
-        Convention: each module in ``OPS_MODULES`` may define
-        ``create_ops_component(supervisor) -> component | None``; the supervisor passes itself
-        (``cfg``, ``publisher``, and the PipelineControl methods). A component may have any of:
+        A builder takes the supervisor (``cfg``, ``publisher``, and the PipelineControl methods)
+        and returns a component or None (switched off by config). A component may have any of:
         PipelineObserver methods (it is then added as an observer), ``start()``, ``stop()``, and
-        ``apply_config(cfg) -> str | None`` for reloads. Modules that do not exist yet are skipped.
+        ``apply_config(cfg) -> str | None`` for reloads.
         """
+        plan = faults.armed()
+        if plan:
+            log.warning("fault_injection_armed", plan=plan, detail=f"{faults.ENV_VAR} is set: for tests only")
         components = []
-        for module_name in OPS_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name == module_name:
-                    continue
-                raise
-            factory = getattr(module, "create_ops_component", None)
-            component = factory(self) if factory is not None else None
+        for name, build in OPS_BUILDERS:
+            component = build(self)
             if component is None:
+                log.info("ops_component_off", component=name)
                 continue
             if isinstance(component, PipelineObserver):
                 self.observer.add(component)
@@ -307,9 +310,50 @@ class Supervisor:
 
     # ================================================================ PipelineControl
     def stage_heartbeats(self) -> dict[str, float]:
+        """Seconds since each part last did its work: the five stages, the publisher's outbox
+        worker (``mqtt_worker``) and result delivery (``delivery``: results in flight on an up
+        link without a PUBACK). /healthz, the watchdog and the heartbeat metric all read this."""
         if self.pipeline is None:
             return {}
-        return self.pipeline.heartbeat_ages()
+        ages = self.pipeline.heartbeat_ages()
+        publisher = self.publisher
+        liveness = getattr(publisher, "liveness", None)
+        if liveness is not None and self._state not in ("stopping", "stopped"):
+            ages.update(liveness())
+        return ages
+
+    def conditions(self) -> dict[str, str]:
+        """States that stop results from being stored (name → one-line reason): /healthz answers
+        503 while any holds, and the status payload carries them. Heartbeats stay fresh meanwhile
+        (the parts are working, e.g. retrying), so the watchdog does not restart a daemon that a
+        restart cannot help; everything resumes by itself once the condition clears."""
+        found = {}
+        outbox = getattr(self.publisher, "outbox", None)
+        reason = getattr(outbox, "disk_full", None)
+        if reason:
+            found["outbox"] = reason
+        return found
+
+    def warnings(self) -> dict[str, str]:
+        """Degraded but still delivering (name → reason): reported, /healthz stays 200."""
+        found = {}
+        for component in self.ops:
+            reason = getattr(component, "disk_full", None) if isinstance(component, archive_store.ArchiveStore) else None
+            if reason:
+                found["archive"] = reason
+        return found
+
+    def liveness(self) -> tuple[bool, dict]:
+        """The /healthz verdict and body, also published in P/health's ``liveness`` section."""
+        return assess(self.stage_heartbeats(), self.cfg.pipeline.heartbeat_timeout_s, self.conditions(), self.warnings())
+
+    def disk_states(self) -> dict[str, float]:
+        """1 for a store whose disk is full now (outbox, archive), else 0 — for the metric."""
+        states = {"outbox": 1.0 if getattr(getattr(self.publisher, "outbox", None), "disk_full", None) else 0.0}
+        for component in self.ops:
+            if isinstance(component, archive_store.ArchiveStore):
+                states["archive"] = 1.0 if component.disk_full else 0.0
+        return states
 
     def snapshot(self) -> Optional[np.ndarray]:
         return None if self.pipeline is None else self.pipeline.last_image
@@ -368,6 +412,10 @@ class Supervisor:
             "heartbeats_s": {k: round(v, 2) for k, v in self.stage_heartbeats().items()},
             "model_load": dict(self.model_load),
             "last_reload": dict(self.last_reload),
+            "conditions": self.conditions(),
+            "warnings": self.warnings(),
+            "verdicts_lost": pipeline.verdicts_lost if pipeline else 0,
+            "thread_restarts": restart_counts(),
         }
 
     def reload(self, config_path: Optional[str] = None) -> tuple[bool, str]:
@@ -546,8 +594,11 @@ class Supervisor:
         if depth is not None:
             counters["outbox_depth"] = depth
         counters.update({f"queue_{k}": v for k, v in self.pipeline.queue_depths().items()})
+        counters["verdicts_lost"] = self.pipeline.verdicts_lost
+        counters["thread_restarts"] = sum(restart_counts().values())
+        healthy, body = self.liveness()
         try:
-            self.publisher.publish_health(counters)
+            self.publisher.publish_health(counters, liveness={"healthy": healthy, **body})
         except Exception:  # noqa: BLE001 - health is best effort (QoS 0)
             log.exception("health_publish_failed")
 
@@ -563,6 +614,8 @@ class Supervisor:
                 camera=self._camera_state,
                 last_reload=self.last_reload or None,
                 model_load=self.model_load,
+                conditions=self.conditions(),
+                warnings=self.warnings(),
             )
         except Exception:  # noqa: BLE001
             log.exception("status_publish_failed")

@@ -30,6 +30,7 @@ from edge_inspector.acquisition.base import (
 )
 from edge_inspector.config.models import CameraConfig
 from edge_inspector.errors import InputError
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 
 log = get_logger("edge_inspector.acquisition.pylon")
@@ -204,6 +205,8 @@ class PylonSource(FrameSource):
                     yield self._error_frames.popleft()
                 if self._stop.is_set():
                     return
+                self._report_alive()  # each poll slice: waiting for a trigger is not a hang
+                fault_point("camera.grab")
                 reconnect_reason = None
                 with self._grab_lock:
                     if self._stop.is_set():

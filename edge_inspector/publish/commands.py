@@ -29,8 +29,10 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineControl
+from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
 
@@ -133,8 +135,7 @@ class CommandHandler:
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> "CommandHandler":
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="mqtt-commands", daemon=True)
-            self._thread.start()
+            self._thread = start_supervised("mqtt-commands", self._run)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -168,6 +169,7 @@ class CommandHandler:
             request = self._queue.get()
             if request is None:
                 return
+            fault_point("commands.handler")
             try:
                 response = self.execute(request.name, request.payload)
                 self._send(request, response)

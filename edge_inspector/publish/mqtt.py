@@ -34,9 +34,11 @@ from paho.mqtt.properties import Properties
 
 from edge_inspector.config.models import Config, MQTTConfig
 from edge_inspector.errors import ConfigError
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.publish.outbox import Outbox
+from edge_inspector.threads import start_supervised
 from edge_inspector.publish.payload import (
     build_health,
     build_plc,
@@ -144,12 +146,17 @@ class MqttPublisher:
         self._replay_until_seq = 0
         self._link_up = False
         self._worker: Optional[threading.Thread] = None
+        self._worker_stop = threading.Event()
+        # Liveness (read by any thread, written by the worker): when its loop last ran, and since
+        # when results have waited on an up link without a PUBACK (None: not waiting).
+        self._worker_beat = time.monotonic()
+        self._waiting_since: Optional[float] = None
 
         # Shared, guarded by _lock (never held while calling into paho).
         self._lock = threading.Lock()
         self._stats = {
             "published": 0, "acked": 0, "replayed": 0, "plc_published": 0,
-            "plc_skipped": 0, "rejected": 0, "reconnects": 0, "inflight": 0,
+            "plc_skipped": 0, "rejected": 0, "reconnects": 0, "inflight": 0, "worker_errors": 0,
         }
         self._status_fields: dict[str, Any] = {}
         # Serialises build+publish of the retained status so that an older snapshot (built in
@@ -201,8 +208,7 @@ class MqttPublisher:
         if self._started:
             return
         self._started = True
-        self._worker = threading.Thread(target=self._run_worker, name="mqtt-outbox", daemon=True)
-        self._worker.start()
+        self._worker = start_supervised("mqtt-outbox", self._run_worker, self._worker_stop)
         m = self._mqtt
         connect_kwargs: dict[str, Any] = {"keepalive": m.keepalive_s}
         if self._v5:
@@ -280,17 +286,22 @@ class MqttPublisher:
         if self._client.is_connected() and not self._stopped:
             self._publish_online_status()
 
-    def publish_health(self, counters: Mapping[str, Any]) -> bool:
-        """Publish pipeline ``counters`` plus outbox and MQTT counters on ``P/health`` (QoS 0).
+    def publish_health(self, counters: Mapping[str, Any], liveness: Optional[Mapping[str, Any]] = None) -> bool:
+        """Publish pipeline ``counters`` plus outbox and MQTT counters on ``P/health`` (QoS 0),
+        and the daemon's ``liveness`` verdict (the /healthz body) when given.
 
         Returns False when not connected (health is periodic; a missed one is not replayed).
         """
+        sections: dict[str, Any] = {}
+        if liveness is not None:
+            sections["liveness"] = dict(liveness)
         payload = build_health(
             counters,
             station=self._station,
             outbox={"depth": self.outbox.depth(), "evicted_total": self.outbox.evicted_total,
-                    "last_seq": self.outbox.last_seq},
+                    "last_seq": self.outbox.last_seq, "disk_full": bool(getattr(self.outbox, "disk_full", None))},
             mqtt={"connected": self.connected, **self.stats},
+            **sections,
         )
         if not self._client.is_connected():
             return False
@@ -325,6 +336,7 @@ class MqttPublisher:
                 pass  # disconnected meanwhile: the broker sends our Last Will instead
         self._client.disconnect()
         self._client.loop_stop()
+        self._worker_stop.set()
         self._events.put(("stop",))
         if self._worker is not None:
             self._worker.join(timeout=5.0)
@@ -333,6 +345,14 @@ class MqttPublisher:
     @property
     def connected(self) -> bool:
         return self._client.is_connected()
+
+    def liveness(self) -> dict[str, float]:
+        """Seconds since the outbox worker last ran its loop (``mqtt_worker``) and since results
+        started waiting on an up link without any PUBACK (``delivery``; 0 when nothing waits or
+        the broker is unreachable — an outage is a reported state, not a stall of this daemon)."""
+        now = time.monotonic()
+        waiting = self._waiting_since
+        return {"mqtt_worker": now - self._worker_beat, "delivery": 0.0 if waiting is None else now - waiting}
 
     @property
     def outbox_depth(self) -> int:
@@ -448,12 +468,15 @@ class MqttPublisher:
     # ------------------------------------------------------------------ worker (our thread)
     def _run_worker(self) -> None:
         while True:
+            self._worker_beat = time.monotonic()
             try:
                 event = self._events.get(timeout=0.5)
             except queue.Empty:
                 event = ("tick",)  # periodic retry, e.g. after a publish returned "no connection"
+            self._worker_beat = time.monotonic()
             kind = event[0]
             try:
+                fault_point("mqtt.worker")
                 if kind == "stop":
                     return
                 if kind == "connected":
@@ -469,10 +492,22 @@ class MqttPublisher:
                     self._handle_puback(event[1], event[2])
                 self._pump()
             except Exception as exc:  # keep the worker alive; rows stay in the outbox
-                log.error("mqtt_worker_error", event=kind, error=f"{type(exc).__name__}: {exc}")
+                with self._lock:
+                    self._stats["worker_errors"] += 1
+                log.error("mqtt_worker_error", worker_event=kind, error=f"{type(exc).__name__}: {exc}")
                 time.sleep(0.1)
+            self._track_delivery(kind)
             with self._lock:
                 self._stats["inflight"] = len(self._inflight)
+
+    def _track_delivery(self, kind: str) -> None:
+        """Delivery liveness: a PUBACK (or nothing left to send) resets the clock; results in
+        flight on an up link start it. A frozen broker or a wedged link then shows as a growing
+        ``delivery`` age while paho still believes it is connected."""
+        if not self._link_up or not self._inflight:
+            self._waiting_since = None
+        elif kind == "puback" or self._waiting_since is None:
+            self._waiting_since = time.monotonic()
 
     def _handle_puback(self, mid: int, reason_code) -> None:
         seq = self._inflight.pop(mid, None)

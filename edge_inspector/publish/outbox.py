@@ -21,6 +21,7 @@ Design notes
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -52,6 +53,21 @@ class OutboxFullError(OutboxError):
     """The outbox reached its quota and its policy is ``stop``: the result was NOT stored."""
 
 
+class OutboxDiskFullError(OutboxError):
+    """The filesystem under the outbox is full: the result was NOT stored. A state, not a crash:
+    ``Outbox.disk_full`` says so until a later ``add`` succeeds (the caller retries)."""
+
+    state = "disk_full"  # read by the publish stage: retry while beating (see pipeline/stages.py)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "disk is full" in str(exc) or "No space left" in str(exc)
+
+
 class Outbox:
     """SQLite-backed queue of results waiting for a PUBACK, ordered by ``seq``.
 
@@ -70,6 +86,9 @@ class Outbox:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.quarantined: Path | None = None  # set when a corrupt file was moved aside at open
+        # One-line reason while the disk under the outbox is full (None otherwise): /healthz,
+        # the status payload and edge_inspector_disk_full{store="outbox"} read it.
+        self.disk_full: str | None = None
         self._lock_file = _exclusive_lock(self.path)
         try:
             self._conn = self._open_checked()
@@ -105,7 +124,17 @@ class Outbox:
                     )
                     self._meta_set("last_seq", seq)
             except sqlite3.Error as exc:
+                if _is_disk_full(exc):
+                    if self.disk_full is None:
+                        log.error("outbox_disk_full", path=str(self.path), depth=self._depth,
+                                  message=f"outbox {self.path}: disk full, results cannot be stored; waiting for space "
+                                  f"({self._depth} stored results kept)")
+                    self.disk_full = f"disk full at {self.path.parent}: results cannot be stored ({self._depth} waiting)"
+                    raise OutboxDiskFullError(f"outbox {self.path}: disk full, result seq {seq} not stored") from exc
                 raise OutboxError(f"outbox {self.path}: cannot store result seq {seq}: {exc}") from exc
+            if self.disk_full is not None:
+                log.info("outbox_disk_space_back", path=str(self.path), seq=seq)
+                self.disk_full = None
             self._last_seq = seq
             self._depth += 1
             if self.when_full == "drop_oldest" and self._used_bytes() > self.max_bytes:
