@@ -196,6 +196,7 @@ class Supervisor:
         health_every = self.cfg.mqtt.health_interval_s
         next_health = time.monotonic() + health_every
         stall_reported: set[str] = set()
+        reported_conditions: tuple = ({}, {})
         while not self._stop_requested.wait(0.2):
             if self.pipeline.finished.is_set():
                 self._stop_reason = self._stop_reason or self.pipeline.failure or self.pipeline.end_reason or "pipeline ended"
@@ -209,6 +210,7 @@ class Supervisor:
             if self.publisher is not None:
                 self.observer.on_outbox_depth(self._outbox_depth())
             stall_reported = self._report_stalls(stall_reported)
+            reported_conditions = self._report_conditions(reported_conditions)
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + health_every
                 self._publish_health()
@@ -224,29 +226,48 @@ class Supervisor:
         self._reload_requested.set()
 
     def shutdown(self) -> int:
+        """Stop within ``pipeline.shutdown_timeout_s`` (one deadline for draining the pipeline and
+        for the broker's PUBACKs, plus a few seconds to close). Exit code 0 only when every
+        verdict was delivered; 1 when a stage failed, a verdict could not be stored (lost), frames
+        were still in flight, or results remain undelivered in the outbox (they are kept and
+        replayed at the next start — the exit code and the ``stopped`` line say how many)."""
         reason = self._stop_reason or "requested"
         self._set_state("stopping", reason)
         timeout = self.cfg.pipeline.shutdown_timeout_s
+        deadline = time.monotonic() + timeout
         clean = True
+        in_flight = 0
         if self.software_trigger is not None:
             self.software_trigger.stop()  # first: no trigger may reach a camera being closed
         if self.pipeline is not None:
             self.pipeline.stop_acquisition()
             if not self.pipeline.join(timeout):
                 clean = False
-                log.error("shutdown_timeout", detail="frames still in flight; they stay unpublished",
+                p = self.pipeline
+                in_flight = max(0, p.frames_in - p.frames_dropped - p.frames_out)
+                log.error("shutdown_timeout", detail=f"{in_flight} frame(s) still in flight; they stay unpublished",
                           queues=self.pipeline.queue_depths(), heartbeats=self.stage_heartbeats())
         for component in reversed(self.ops):
             _quietly(getattr(component, "stop", None))
         if self.publisher is not None:
             try:
-                self.publisher.stop(timeout=timeout)  # waits for PUBACKs, then the offline status
+                # waits for PUBACKs until the same deadline, then the offline status
+                self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
             except Exception:  # noqa: BLE001 - unsent results stay in the outbox for the next start
                 log.exception("publisher_stop_failed")
         failure = self.pipeline.failure if self.pipeline is not None else None
+        lost = self.pipeline.verdicts_lost if self.pipeline is not None else 0
+        undelivered = self._outbox_depth() or 0
         self._set_state("stopped", reason)
-        log.info("stopped", reason=reason, clean=clean, **self._counters())
-        return 1 if failure else 0
+        ok = not failure and clean and lost == 0 and undelivered == 0
+        (log.info if ok else log.error)(
+            "stopped", reason=reason, clean=clean, verdicts_lost=lost, frames_in_flight=in_flight,
+            undelivered_in_outbox=undelivered, exit_code=0 if ok else 1,
+            message=("all verdicts delivered" if ok else
+                     f"{lost + in_flight} verdict(s) lost, {undelivered} result(s) remain in the outbox "
+                     "(replayed at the next start)"),
+            **self._counters())
+        return 0 if ok else 1
 
     # ================================================================ stage callbacks
     def current_runtime(self) -> ModelRuntime:
@@ -619,6 +640,19 @@ class Supervisor:
             )
         except Exception:  # noqa: BLE001
             log.exception("status_publish_failed")
+
+    def _report_conditions(self, reported: tuple) -> tuple:
+        """Republish the retained status when a condition (disk full) starts or ends, so MES sees
+        the state change, not only the next periodic health message."""
+        now = (self.conditions(), self.warnings())
+        if now != reported:
+            for store in ("outbox", "archive"):
+                was = store in reported[0] or store in reported[1]
+                is_ = store in now[0] or store in now[1]
+                if was != is_:
+                    self.observer.on_state(store, "disk_full" if is_ else "ok", (now[0].get(store) or now[1].get(store) or ""))
+            self._publish_status()
+        return now
 
     def _report_stalls(self, already: set[str]) -> set[str]:
         timeout = self.cfg.pipeline.heartbeat_timeout_s
