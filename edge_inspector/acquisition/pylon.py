@@ -345,9 +345,12 @@ class PylonSource(FrameSource):
             try:
                 camera = self._connect()
             except InputError as exc:
-                # The device came back but rejects our settings (e.g. a different model behind the serial).
-                self._set_state("error", str(exc))
-                raise
+                # The settings worked at start, so a rejection now (the emulator's image folder
+                # gone, a swapped camera behind the serial) is a fault of the device's world, not
+                # a typo: keep retrying with backoff, saying why, until it works or we are closed.
+                reason = str(exc)
+                log.error("pylon_reconnect_rejected", serial=self.serial, attempt=attempt, error=reason)
+                continue
             except (CameraError, genicam.GenericException) as exc:
                 reason = _short(exc) if isinstance(exc, genicam.GenericException) else str(exc)
                 continue
