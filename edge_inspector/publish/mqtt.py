@@ -494,7 +494,13 @@ class MqttPublisher:
             except Exception as exc:  # keep the worker alive; rows stay in the outbox
                 with self._lock:
                     self._stats["worker_errors"] += 1
-                log.error("mqtt_worker_error", worker_event=kind, error=f"{type(exc).__name__}: {exc}")
+                log.error("mqtt_worker_error", worker_event=kind, error=f"{type(exc).__name__}: {exc}",
+                          detail="resending unacknowledged results from the outbox")
+                # The event may be lost (e.g. a PUBACK): forget the window and resend from the
+                # outbox, the source of truth. Duplicates are fine (subscribers deduplicate on seq);
+                # a row waiting for a PUBACK that never comes is not.
+                self._inflight.clear()
+                self._last_sent_seq = 0
                 time.sleep(0.1)
             self._track_delivery(kind)
             with self._lock:

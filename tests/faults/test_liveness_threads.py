@@ -1,0 +1,80 @@
+"""Class 2, restart policy: an exception in the MQTT outbox worker, the software-trigger timer or
+the NG archive writer is logged, counted (``edge_inspector_thread_restarts_total``, P/health's
+``mqtt.worker_errors``) and survived — every verdict still reaches MES, in seq order."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.broker import free_port
+from tests.helpers.faults import assert_contiguous, log_events, metric, start_daemon, wait_until
+from tests.helpers.station import Subscriber, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.tiny_bundle import make_tiny_bundle
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("model") / "m")
+
+
+def _station(tmp_path, port, model_dir, **sections):
+    images = tmp_path / "images"
+    write_parts(images, N)
+    cfg = station_config(tmp_path, port, model_dir, images, **sections)
+    return write_config(tmp_path / "station.yaml", cfg)
+
+
+def test_publisher_loop_exception_is_survived_and_every_result_arrives(tmp_path, mosquitto, model_dir):
+    # Issue 8: the worker's own error handler raised (log.error(..., event=...)) and the thread
+    # died for good: nothing was published again while /healthz said 200.
+    config = _station(tmp_path, mosquitto.port, model_dir, camera={"fps": 5.0})  # long enough for P/health
+    sub = Subscriber(mosquitto.port)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, faults="mqtt.worker:raise:5", log_path=log)
+    try:
+        assert proc.wait(60) == 0, log.read_text()[-2000:]
+        wait_until(lambda: len(sub.results_by_seq()) >= N, 10, "every result", log_path=log)
+        assert_contiguous(sub.results_by_seq())
+        assert sorted(sub.results_by_seq()) == list(range(1, N + 1))
+        errors = log_events(log, "mqtt_worker_error")
+        assert errors and errors[0]["worker_event"] and "fault injected" in errors[0]["error"]
+        assert not log_events(log, "logging_call_failed")
+        assert log_events(log, "stopped")[-1]["undelivered_in_outbox"] == 0
+        health = [h for h in sub.payloads("health") if h["mqtt"].get("worker_errors")]
+        assert health and health[-1]["mqtt"]["worker_errors"] == 1 and health[-1]["liveness"]["healthy"] is True
+    finally:
+        sub.close()
+        if proc.poll() is None:
+            stop_daemon(proc)
+
+
+def test_archive_writer_and_trigger_timer_crashes_are_restarted_and_counted(tmp_path, mosquitto, model_dir):
+    health_port = free_port()
+    config = _station(tmp_path, mosquitto.port, model_dir,
+                      camera={"fps": 10.0, "loop": True, "trigger": {"mode": "software"}},
+                      archive={"enabled": True, "path": str(tmp_path / "archive")},
+                      health={"enabled": True, "port": health_port})
+    sub = Subscriber(mosquitto.port)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, faults="archive.writer:raise:1,trigger.timer:raise:2", log_path=log)
+    try:
+        wait_until(lambda: metric(health_port, "edge_inspector_thread_restarts_total", thread="archive-writer") == 1
+                   and metric(health_port, "edge_inspector_thread_restarts_total", thread="software-trigger") == 1,
+                   30, "both restarts counted in /metrics", proc, log)
+        # after the restarts the line goes on: more results, NG frames archived with a reference
+        wait_until(lambda: len(sub.results_by_seq()) >= N, 30, f"{N} results", proc, log)
+        ng = [r for r in sub.results_by_seq().values() if r["verdict"] == "NG"]
+        wait_until(lambda: any("archive" in r for r in sub.results_by_seq().values()), 10, "an archived NG result")
+        for r in sub.results_by_seq().values():
+            if "archive" in r:
+                assert (tmp_path / "archive" / r["archive"]).is_file()  # named only once written
+        assert ng
+        crashed = {e["thread"] for e in log_events(log, "thread_crashed")}
+        assert crashed == {"archive-writer", "software-trigger"}
+    finally:
+        sub.close()
+        rc = stop_daemon(proc)
+    assert rc == 0, log.read_text()[-2000:]
+    assert_contiguous(sub.results_by_seq())
