@@ -475,6 +475,7 @@ class MqttPublisher:
                 event = ("tick",)  # periodic retry, e.g. after a publish returned "no connection"
             self._worker_beat = time.monotonic()
             kind = event[0]
+            acked = False
             try:
                 fault_point("mqtt.worker")
                 if kind == "stop":
@@ -489,7 +490,7 @@ class MqttPublisher:
                     self._inflight.clear()
                     self._last_sent_seq = 0
                 elif kind == "puback":
-                    self._handle_puback(event[1], event[2])
+                    acked = self._handle_puback(event[1], event[2])
                 self._pump()
             except Exception as exc:  # keep the worker alive; rows stay in the outbox
                 with self._lock:
@@ -502,29 +503,31 @@ class MqttPublisher:
                 self._inflight.clear()
                 self._last_sent_seq = 0
                 time.sleep(0.1)
-            self._track_delivery(kind)
+            self._track_delivery(acked)
             with self._lock:
                 self._stats["inflight"] = len(self._inflight)
 
-    def _track_delivery(self, kind: str) -> None:
-        """Delivery liveness: a PUBACK (or nothing left to send) resets the clock; results in
-        flight on an up link start it. A frozen broker or a wedged link then shows as a growing
-        ``delivery`` age while paho still believes it is connected."""
+    def _track_delivery(self, acked: bool) -> None:
+        """Delivery liveness: a result's PUBACK (or nothing left in flight) resets the clock;
+        results in flight on an up link start it. A frozen broker or a wedged link then shows as
+        a growing ``delivery`` age while paho still believes it is connected. (paho also reports
+        QoS 0 sends such as P/health through on_publish: those prove nothing and do not count.)"""
         if not self._link_up or not self._inflight:
             self._waiting_since = None
-        elif kind == "puback" or self._waiting_since is None:
+        elif acked or self._waiting_since is None:
             self._waiting_since = time.monotonic()
 
-    def _handle_puback(self, mid: int, reason_code) -> None:
+    def _handle_puback(self, mid: int, reason_code) -> bool:
+        """True when ``mid`` was one of our results and the broker took it."""
         seq = self._inflight.pop(mid, None)
         if seq is None:
-            return  # PLC, status, or a message of a previous connection
+            return False  # PLC, status, health, or a message of a previous connection
         if getattr(reason_code, "is_failure", False):
             # The broker refused it (e.g. not authorised): keep the row, retry on next connect.
             self._count("rejected")
             log.error("mqtt_result_rejected", seq=seq, reason=str(reason_code),
                       message=f"broker refused result seq {seq} on {self.topics['result']}: {reason_code}")
-            return
+            return False
         removed = self.outbox.ack(seq)
         self._count("acked")
         if removed and self.on_acked is not None:
@@ -532,6 +535,7 @@ class MqttPublisher:
                 self.on_acked(seq)
             except Exception:  # noqa: BLE001 - a failing listener must not stop the acks
                 log.exception("on_acked_failed", seq=seq)
+        return True
 
     def _pump(self) -> None:
         if not self._link_up:
