@@ -364,7 +364,8 @@ class Pipeline:
                         self.verdicts_lost += 1
                     log.error("verdict_lost", frame_id=verdict.frame_id, verdict=verdict.verdict)
                     return None
-                time.sleep(min(2.0, 0.1 * 2**attempt))
+                # a known state retries often enough to beat within any heartbeat timeout
+                time.sleep(min(POLL_S if known_state is not None else 2.0, 0.1 * 2**attempt))
 
     def _timed(self, item: WorkItem, stage: str, t0: float) -> None:
         seconds = time.monotonic() - t0

@@ -147,6 +147,7 @@ class MqttPublisher:
         self._link_up = False
         self._worker: Optional[threading.Thread] = None
         self._worker_stop = threading.Event()
+        self._ack_backlog: set[int] = set()  # delivered seqs whose outbox ack could not be written yet
         # Liveness (read by any thread, written by the worker): when its loop last ran, and since
         # when results have waited on an up link without a PUBACK (None: not waiting).
         self._worker_beat = time.monotonic()
@@ -491,6 +492,7 @@ class MqttPublisher:
                     self._last_sent_seq = 0
                 elif kind == "puback":
                     acked = self._handle_puback(event[1], event[2])
+                self._retry_acks()
                 self._pump()
             except Exception as exc:  # keep the worker alive; rows stay in the outbox
                 with self._lock:
@@ -528,7 +530,16 @@ class MqttPublisher:
             log.error("mqtt_result_rejected", seq=seq, reason=str(reason_code),
                       message=f"broker refused result seq {seq} on {self.topics['result']}: {reason_code}")
             return False
-        removed = self.outbox.ack(seq)
+        try:
+            removed = self.outbox.ack(seq)
+        except Exception as exc:  # noqa: BLE001 - e.g. disk full: the broker has it, only our bookkeeping lags
+            # Not a reason to resend everything: remember the seq and retry the ack each pass.
+            if not self._ack_backlog:
+                log.error("outbox_ack_failed", seq=seq, error=f"{type(exc).__name__}: {exc}",
+                          detail="delivered; the row stays until the ack can be written (a duplicate after a restart at most)")
+            self._ack_backlog.add(seq)
+            self._count("acked")
+            return True
         self._count("acked")
         if removed and self.on_acked is not None:
             try:
@@ -536,6 +547,19 @@ class MqttPublisher:
             except Exception:  # noqa: BLE001 - a failing listener must not stop the acks
                 log.exception("on_acked_failed", seq=seq)
         return True
+
+    def _retry_acks(self) -> None:
+        for seq in sorted(self._ack_backlog):
+            try:
+                removed = self.outbox.ack(seq)
+            except Exception:  # noqa: BLE001 - still no space: next pass
+                return
+            self._ack_backlog.discard(seq)
+            if removed and self.on_acked is not None:
+                try:
+                    self.on_acked(seq)
+                except Exception:  # noqa: BLE001
+                    log.exception("on_acked_failed", seq=seq)
 
     def _pump(self) -> None:
         if not self._link_up:
