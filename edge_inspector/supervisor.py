@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
 import signal
 import threading
@@ -77,12 +78,14 @@ def _default_source(cfg: Config, on_state):
 
 def _default_publisher(cfg: Config, model_info: dict, on_state, outbox=None, on_acked=None):
     from edge_inspector.publish.mqtt import MqttPublisher
-    from edge_inspector.publish.outbox import Outbox
+    from edge_inspector.publish.outbox import Outbox, OutboxError
 
     if outbox is None:
         try:
             outbox = Outbox(cfg.outbox.path, cfg.outbox.max_mb, cfg.outbox.when_full)
         except OSError as exc:  # folder cannot be created, no permission, read-only mount: the key is wrong
+            if exc.errno == errno.ENOSPC:  # ... unless the disk is full: not a bad path (exit 1, systemd retries)
+                raise OutboxError(f"outbox.path={cfg.outbox.path}: no space left on the disk to create the outbox") from None
             raise ConfigError(f"outbox.path={cfg.outbox.path}: cannot create the outbox "
                               f"({exc.strerror or exc.__class__.__name__}: {exc.filename or cfg.outbox.path})") from None
     return MqttPublisher(cfg, outbox, model_info, on_state=on_state, on_acked=on_acked)

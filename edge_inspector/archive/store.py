@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from edge_inspector.config.models import ArchiveConfig
+from edge_inspector.errors import ConfigError
 from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineObserver
@@ -133,6 +134,7 @@ class ArchiveStore(PipelineObserver):
         }
         self.root = Path(cfg.path)
         if cfg.enabled:
+            check_archive_path(self.root)
             self._scan()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -174,6 +176,7 @@ class ArchiveStore(PipelineObserver):
             if moved:
                 self.root = Path(new.path)
         if new.enabled and (moved or not old.enabled):
+            check_archive_path(Path(new.path))  # a bad new path fails the reload of this section, loudly
             self._scan()  # files written before (another path, or before it was switched off)
         if new.enabled:
             self.enforce_limits()
@@ -370,6 +373,23 @@ class ArchiveStore(PipelineObserver):
         with self._lock:
             self._index = deque(entries)
             self._bytes = sum(e.size for e in entries)
+
+
+def check_archive_path(root: Path) -> None:
+    """A bad ``archive.path`` is a config error (exit 2) at start, not write errors for months.
+
+    Creates the folder when missing. A full disk is not a bad path: it is the ``disk_full``
+    state, reported once writes fail, so it only logs here."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            log.error("archive_disk_full", path=str(root), message=f"archive {root}: no space to create the folder")
+            return
+        raise ConfigError(f"archive.path={root}: cannot create the archive folder "
+                          f"({exc.strerror or exc.__class__.__name__}: {exc.filename or root})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"archive.path={root}: folder is not writable by this user")
 
 
 def _write_png(path: Path, image: np.ndarray) -> int:

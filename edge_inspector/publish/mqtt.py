@@ -351,6 +351,8 @@ class MqttPublisher:
         """Seconds since the outbox worker last ran its loop (``mqtt_worker``) and since results
         started waiting on an up link without any PUBACK (``delivery``; 0 when nothing waits or
         the broker is unreachable — an outage is a reported state, not a stall of this daemon)."""
+        if self._stopped:  # being retired (shutdown, or replaced on reload): its worker ends on purpose
+            return {"mqtt_worker": 0.0, "delivery": 0.0}
         now = time.monotonic()
         waiting = self._waiting_since
         return {"mqtt_worker": now - self._worker_beat, "delivery": 0.0 if waiting is None else now - waiting}

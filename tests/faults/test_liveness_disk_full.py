@@ -14,7 +14,7 @@ import pytest
 from tests.helpers.broker import free_port
 from tests.helpers.faults import (assert_contiguous, fill_disk, healthz, log_events, metric, small_tmpfs,
                                   start_daemon, wait_until)
-from tests.helpers.station import Subscriber, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.station import Subscriber, run_cli, station_config, stop_daemon, write_config, write_parts
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 
@@ -140,3 +140,32 @@ def test_archive_disk_full_results_name_only_written_files(tmp_path, mosquitto, 
         assert rc == 0, log.read_text()[-3000:]
         assert any(r["verdict"] == "NG" and "archive" not in r for r in results.values())
         assert_contiguous(results)
+
+
+def test_first_start_on_a_full_disk_exits_1_with_one_line(tmp_path, model_dir):
+    # A full disk is not a bad path: exit 1 (systemd retries until space returns), never 2, never a hang.
+    with small_tmpfs(tmp_path / "state"):
+        fill_disk(tmp_path / "state")
+        images = tmp_path / "images"
+        write_parts(images, 2)
+        config = write_config(tmp_path / "station.yaml", station_config(tmp_path, free_port(), model_dir, images))
+        done = run_cli("run", "--config", str(config), timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("edge-inspector run: error: outbox.path=") and "no space left" in last
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_file"])
+def test_bad_archive_path_is_exit_2_naming_the_key(tmp_path, model_dir, where):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    path = blocker / "archive" if where == "under_a_file" else blocker
+    images = tmp_path / "images"
+    write_parts(images, 2)
+    config = write_config(tmp_path / "station.yaml", station_config(
+        tmp_path, free_port(), model_dir, images, archive={"enabled": True, "path": str(path)}))
+    done = run_cli("run", "--config", str(config), timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"edge-inspector run: error: archive.path={path}: cannot create the archive folder")
+    assert "Traceback" not in done.stderr
