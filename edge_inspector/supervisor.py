@@ -295,8 +295,11 @@ class Supervisor:
         self.observer.on_published(seq, verdict)
 
     def _on_camera_state(self, state: str, detail: str = "") -> None:
+        changed = state != self._camera_state
         self._camera_state = state
         self.observer.on_state("camera", state, detail)
+        if changed and self._state == "ready":  # MES sees a reconnecting camera on the retained status
+            self._publish_status()
 
     def _on_mqtt_state(self, state: str, info: Any = None) -> None:
         self._mqtt_state = state
