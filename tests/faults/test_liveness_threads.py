@@ -1,5 +1,5 @@
-"""Class 2, restart policy: an exception in the MQTT outbox worker, the software-trigger timer or
-the NG archive writer is logged, counted (``edge_inspector_thread_restarts_total``, P/health's
+"""Class 2, restart policy: an exception in the MQTT outbox worker, the software-trigger timer,
+the NG archive writer or the command handler is logged, counted (``edge_inspector_thread_restarts_total``, P/health's
 ``mqtt.worker_errors``) and survived — every verdict still reaches MES, in seq order."""
 
 from __future__ import annotations
@@ -78,3 +78,26 @@ def test_archive_writer_and_trigger_timer_crashes_are_restarted_and_counted(tmp_
         rc = stop_daemon(proc)
     assert rc == 0, log.read_text()[-2000:]
     assert_contiguous(sub.results_by_seq())
+
+
+def test_command_handler_crash_is_restarted_and_answers_again(tmp_path, mosquitto, model_dir):
+    health_port = free_port()
+    config = _station(tmp_path, mosquitto.port, model_dir, camera={"fps": 5.0, "loop": True},
+                      health={"enabled": True, "port": health_port})
+    sub = Subscriber(mosquitto.port)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, faults="commands.handler:raise:0", log_path=log)
+    try:
+        wait_until(lambda: sub.payloads("status") and sub.payloads("status")[-1].get("state") == "ready", 30,
+                   "station ready", proc, log)
+        sub.client.publish("ei/l1/st1/cmd/status", b"{}", qos=1).wait_for_publish(5)  # hits the fault
+        wait_until(lambda: metric(health_port, "edge_inspector_thread_restarts_total", thread="mqtt-commands") == 1,
+                   15, "the command thread restart counted", proc, log)
+        sub.client.publish("ei/l1/st1/cmd/status", b"{}", qos=1).wait_for_publish(5)
+        # replies arrive on P/reply/status, which the test subscriber records under "status" (last topic level)
+        wait_until(lambda: any(r.get("command") == "status" and r.get("ok") for r in sub.payloads("status")), 15,
+                   "a reply from the restarted handler", proc, log)
+    finally:
+        sub.close()
+        rc = stop_daemon(proc)
+    assert rc == 0, log.read_text()[-2000:]
