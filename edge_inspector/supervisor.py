@@ -46,8 +46,8 @@ from edge_inspector.observer import CompositeObserver, PipelineObserver
 from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, build_runtime, open_engine
 from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
-from edge_inspector.threads import restart_counts
 from edge_inspector.publish import commands as remote_commands
+from edge_inspector.threads import restart_counts
 
 log = get_logger("edge_inspector.supervisor")
 
@@ -244,10 +244,12 @@ class Supervisor:
             self.software_trigger.stop()  # first: no trigger may reach a camera being closed
         if self.pipeline is not None:
             self.pipeline.stop_acquisition()
-            if not self.pipeline.join(timeout):
-                clean = False
-                p = self.pipeline
-                in_flight = max(0, p.frames_in - p.frames_dropped - p.frames_out)
+            clean = self.pipeline.join(timeout)
+            p = self.pipeline
+            # accepted frames that never became a published (or given-up) verdict: still queued
+            # at the deadline, or behind a stage that died
+            in_flight = max(0, p.frames_in - p.frames_dropped - p.frames_out)
+            if not clean:
                 log.error("shutdown_timeout", detail=f"{in_flight} frame(s) still in flight; they stay unpublished",
                           queues=self.pipeline.queue_depths(), heartbeats=self.stage_heartbeats())
         for component in reversed(self.ops):
@@ -262,13 +264,13 @@ class Supervisor:
         lost = self.pipeline.verdicts_lost if self.pipeline is not None else 0
         undelivered = self._outbox_depth() or 0
         self._set_state("stopped", reason)
-        ok = not failure and clean and lost == 0 and undelivered == 0
+        ok = not failure and clean and lost == 0 and in_flight == 0 and undelivered == 0
         (log.info if ok else log.error)(
             "stopped", reason=reason, clean=clean, verdicts_lost=lost, frames_in_flight=in_flight,
             undelivered_in_outbox=undelivered, exit_code=0 if ok else 1,
             message=("all verdicts delivered" if ok else
-                     f"{lost + in_flight} verdict(s) lost, {undelivered} result(s) remain in the outbox "
-                     "(replayed at the next start)"),
+                     (f"{failure}; " if failure else "") + f"{lost + in_flight} verdict(s) lost, {undelivered} "
+                     "result(s) remain in the outbox (replayed at the next start)"),
             **self._counters())
         return 0 if ok else 1
 
