@@ -38,7 +38,6 @@ from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.publish.outbox import Outbox
-from edge_inspector.threads import start_supervised
 from edge_inspector.publish.payload import (
     build_health,
     build_plc,
@@ -50,6 +49,7 @@ from edge_inspector.publish.payload import (
     format_ts,
     station_dict,
 )
+from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
 
