@@ -19,6 +19,7 @@ Thread model (why it looks like this)
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import socket
@@ -198,6 +199,12 @@ class MqttPublisher:
         client.on_publish = self._on_publish
         client.on_connect_fail = self._on_connect_fail
         client.on_socket_open = _disable_nagle
+        # paho's network thread re-raises a callback's exception by default and dies with it: no
+        # more PUBACKs, no reconnects, while is_connected() may still say True. Log and go on.
+        client.suppress_exceptions = True
+        paho_log = logging.getLogger("paho.mqtt")
+        paho_log.setLevel(logging.WARNING)  # its DEBUG/INFO lines are per packet
+        client.enable_logger(paho_log)
         return client
 
     def _offline_payload(self, reason: str) -> str:
@@ -448,7 +455,10 @@ class MqttPublisher:
                 self._stats["reconnects"] += 1
             self._ever_connected = True
             subscriptions = dict(self._subscriptions)
-        self._publish_online_status()
+        try:
+            self._publish_online_status()
+        except Exception as exc:  # noqa: BLE001 - a bad status field must not keep results from flowing
+            log.error("status_publish_failed", error=f"{type(exc).__name__}: {exc}")
         for topic_filter, (_cb, qos) in subscriptions.items():
             client.subscribe(topic_filter, qos=qos)
         self._events.put(("connected",))

@@ -101,3 +101,43 @@ def test_command_handler_crash_is_restarted_and_answers_again(tmp_path, mosquitt
         sub.close()
         rc = stop_daemon(proc)
     assert rc == 0, log.read_text()[-2000:]
+
+
+def test_a_raising_mqtt_callback_does_not_kill_the_network_thread(tmp_path, mosquitto):
+    # paho re-raises callback exceptions by default, which ends its network thread for good (no
+    # PUBACKs, no reconnects). Here the status built in on_connect raises (a non-finite field, the
+    # kind of value issue 8 found in status): results must still flow, and reconnects still work.
+    import time
+
+    from edge_inspector.config.models import Config
+    from edge_inspector.postprocess.verdict import Verdict
+    from edge_inspector.publish import MqttPublisher, Outbox
+
+    cfg = Config.model_validate({"station": {"line": "l1", "name": "st1"},
+                                 "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "reconnect_min_s": 0.1,
+                                          "reconnect_max_s": 0.5, "keepalive_s": 5},
+                                 "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
+    sub = Subscriber(mosquitto.port, base=cfg.topic_base)
+    pub = MqttPublisher(cfg, Outbox(cfg.outbox.path), {"name": "m", "sha256": "ab" * 32})
+    pub.set_status(threshold=float("nan"))  # building the online status now raises inside on_connect
+    original_on_connect = pub._client.on_connect
+
+    def on_connect_then_raise(*args):  # and a callback that raises outright
+        original_on_connect(*args)
+        raise RuntimeError("injected in on_connect")
+
+    pub._client.on_connect = on_connect_then_raise
+    pub.start()
+    try:
+        verdicts = [Verdict(frame_id=f"f{i}", verdict="OK", score=0.1, threshold=0.5, ts_wall=time.time(),
+                            ts_grab=time.monotonic()) for i in range(3)]
+        for v in verdicts:
+            pub.publish_verdict(v)
+        wait_until(lambda: len(sub.results_by_seq()) == 3, 10, "results despite the raising callbacks")
+        mosquitto.restart()  # the network thread is alive: it reconnects and delivers again
+        pub.publish_verdict(verdicts[0])
+        wait_until(lambda: len(sub.results_by_seq()) == 4, 15, "a result after the broker restart")
+        assert pub.stats["reconnects"] >= 1
+    finally:
+        pub.stop(timeout=2)
+        sub.close()
