@@ -515,7 +515,7 @@ class Supervisor:
             parts = [f"applied: {', '.join(applied) if applied else 'nothing changed'}"]
             if engine_changed:
                 self._model_request += 1
-                threading.Thread(target=self._load_model, args=(new_bundle, self._model_request, old_cfg.model),
+                threading.Thread(target=self._load_model_reporting, args=(new_bundle, self._model_request, old_cfg.model),
                                  name="model-loader", daemon=True).start()
                 parts.append(f"model {new_bundle.name} ({new_bundle.sha256[:12]}) loading in the background")
             if restart_needed:
@@ -539,6 +539,19 @@ class Supervisor:
                  sha256=runtime.bundle.sha256[:12], threshold=runtime.threshold)
         if previous is None or previous.bundle.sha256 != runtime.bundle.sha256:
             self.observer.on_model(runtime.bundle.name, runtime.bundle.sha256)
+
+    def _load_model_reporting(self, bundle: ModelBundle, request: int, running_model_cfg) -> None:
+        """The model-loader thread: one attempt (no restart: the next reload retries), and an
+        unexpected exception ends as ``model_load: failed`` with the reason, never as a silently
+        dead thread with ``model_load`` stuck at "loading"."""
+        try:
+            self._load_model(bundle, request, running_model_cfg)
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            message = f"model {bundle.directory} not put in service: {type(exc).__name__}: {exc}"
+            log.exception("model_load_crashed", model=bundle.name)
+            self.model_load = {"state": "failed", "model": bundle.name, "message": message}
+            self.observer.on_state("model", "load_failed", message)
+            self._publish_status()
 
     def _load_model(self, bundle: ModelBundle, request: int, running_model_cfg) -> None:
         """Background: load + warm up a new engine, then swap it in — unless a newer reload
