@@ -147,7 +147,8 @@ class Outbox:
                         log.error("outbox_disk_full", path=str(self.path), depth=self._depth,
                                   message=f"outbox {self.path}: disk full, results cannot be stored; waiting for space "
                                   f"({self._depth} stored results kept)")
-                    self.disk_full = f"disk full at {self.path.parent}: results cannot be stored ({self._depth} waiting)"
+                    # stable text: it is republished on the retained status whenever it changes
+                    self.disk_full = f"disk full at {self.path.parent}: results cannot be stored"
                     raise OutboxDiskFullError(f"outbox {self.path}: disk full, result seq {seq} not stored") from exc
                 raise OutboxError(f"outbox {self.path}: cannot store result seq {seq}: {exc}") from exc
             if self.disk_full is not None:
