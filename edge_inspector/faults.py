@@ -53,7 +53,11 @@ def parse_plan(text: str) -> dict[str, _Fault]:
     return plan
 
 
-_PLAN: dict[str, _Fault] = parse_plan(os.environ.get(ENV_VAR, ""))
+try:
+    _PLAN: dict[str, _Fault] = parse_plan(os.environ.get(ENV_VAR, ""))
+    PLAN_ERROR = ""
+except ValueError as _exc:  # reported by the daemon at start (exit 2), not as an import traceback
+    _PLAN, PLAN_ERROR = {}, str(_exc)
 _LOCK = threading.Lock()
 
 

@@ -323,6 +323,8 @@ class Supervisor:
         PipelineObserver methods (it is then added as an observer), ``start()``, ``stop()``, and
         ``apply_config(cfg) -> str | None`` for reloads.
         """
+        if faults.PLAN_ERROR:
+            raise ConfigError(faults.PLAN_ERROR)
         plan = faults.armed()
         if plan:
             log.warning("fault_injection_armed", plan=plan, detail=f"{faults.ENV_VAR} is set: for tests only")
