@@ -347,7 +347,7 @@ class MqttPublisher:
         self._worker_stop.set()
         self._events.put(("stop",))
         if self._worker is not None:
-            self._worker.join(timeout=5.0)
+            self._worker.join(timeout=max(0.5, deadline - time.monotonic()))  # a hung worker must not stretch the stop
         log.info("mqtt_stopped", outbox_depth=self.outbox.depth(), **self.stats)
 
     @property

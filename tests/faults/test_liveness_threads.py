@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.broker import free_port
-from tests.helpers.faults import assert_contiguous, log_events, metric, start_daemon, wait_until
+from tests.helpers.faults import assert_contiguous, healthz, log_events, metric, start_daemon, wait_until
 from tests.helpers.station import Subscriber, station_config, stop_daemon, write_config, write_parts
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
@@ -141,3 +141,28 @@ def test_a_raising_mqtt_callback_does_not_kill_the_network_thread(tmp_path, mosq
     finally:
         pub.stop(timeout=2)
         sub.close()
+
+
+def test_hung_publisher_loop_is_unhealthy_everywhere_not_connected_and_fine(tmp_path, mosquitto, model_dir):
+    # Issue 8: with the outbox worker gone, /healthz said 200 and P/health "connected" while
+    # nothing was published. A worker stuck for good must show in /healthz and P/health.
+    health_port = free_port()
+    config = _station(tmp_path, mosquitto.port, model_dir, camera={"fps": 10.0, "loop": True},
+                      pipeline={"heartbeat_timeout_s": 1.5, "shutdown_timeout_s": 2.0},
+                      health={"enabled": True, "port": health_port})
+    sub = Subscriber(mosquitto.port)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, faults="mqtt.worker:hang:20", log_path=log)
+    try:
+        code, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(healthz(health_port)), 20,
+                                "/healthz 503 for the hung outbox worker", proc, log)
+        assert "mqtt_worker" in body["stalled"], body
+        wait_until(lambda: any(h["mqtt"]["connected"] and h.get("liveness", {}).get("healthy") is False
+                               and "mqtt_worker" in h["liveness"].get("stalled", []) for h in sub.payloads("health")),
+                   10, "P/health: link up, but not healthy", proc, log)
+        assert_contiguous(sub.results_by_seq())  # what did arrive is in order
+    finally:
+        sub.close()
+        rc = stop_daemon(proc)
+    assert rc == 1  # results remain undelivered in the outbox: said by the exit code
+    assert log_events(log, "stopped")[-1]["undelivered_in_outbox"] > 0
