@@ -29,7 +29,9 @@ class PipelineObserver:
 
     def on_verdict(self, verdict: Any, frame: Any, anomaly_map: Optional[np.ndarray]) -> Optional[str]:
         """A verdict is final (before publishing). May return an archive reference to put in the
-        payload (the NG archive does); anomaly_map is at model-input size, or None on ERROR."""
+        payload (the NG archive does); anomaly_map is at model-input size, or None on ERROR.
+        A reference with ``resolve(timeout) -> str | None`` (archive.store.PendingRef) is resolved
+        by the publish stage first: a payload names only a file that was written."""
         return None
 
     def on_published(self, seq: int, verdict: Any) -> None: ...

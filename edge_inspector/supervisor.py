@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
+import errno
 import math
 import signal
 import threading
@@ -31,16 +31,23 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
+from edge_inspector import faults, systemd
 from edge_inspector.acquisition.trigger import SoftwareTrigger
+from edge_inspector.archive import store as archive_store
 from edge_inspector.config.loader import load_config
 from edge_inspector.config.models import Config
 from edge_inspector.errors import ConfigError, InputError
+from edge_inspector.health import metrics as health_metrics
+from edge_inspector.health import server as health_server
+from edge_inspector.health.liveness import assess
 from edge_inspector.inference.bundle import ModelBundle, load_bundle
 from edge_inspector.logging import get_logger, setup_logging
 from edge_inspector.observer import CompositeObserver, PipelineObserver
 from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, build_runtime, open_engine
 from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
+from edge_inspector.publish import commands as remote_commands
+from edge_inspector.threads import restart_counts
 
 log = get_logger("edge_inspector.supervisor")
 
@@ -49,16 +56,17 @@ log = get_logger("edge_inspector.supervisor")
 RESTART_ONLY_SECTIONS = ("camera", "outbox", "pipeline")
 # Model settings whose change means a new onnxruntime session (loaded in the background).
 ENGINE_KEYS = ("path", "providers", "intra_op_threads", "warmup_runs")
-# Station-operations modules tried by ``_build_ops``; each may expose
-# ``create_ops_component(supervisor) -> component | None``. Missing modules are skipped.
 # Verdicts remembered for on_published (PUBACK); bounded so a week-long outage cannot eat RAM.
 AWAITING_ACK_LIMIT = 10_000
-OPS_MODULES = (
-    "edge_inspector.systemd",
-    "edge_inspector.health.metrics",
-    "edge_inspector.health.server",
-    "edge_inspector.archive.store",
-    "edge_inspector.publish.commands",
+# Station-operations components, built in this order by ``_build_ops`` (metrics before the
+# components that add their counters to it). Explicit on purpose: a renamed module is an
+# ImportError at start, never a silently missing watchdog.
+OPS_BUILDERS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("watchdog", systemd.create_ops_component),  # None when not run by systemd
+    ("metrics", health_metrics.create_ops_component),  # None when health.enabled is false
+    ("health", health_server.create_ops_component),  # None when health.enabled is false
+    ("archive", archive_store.create_ops_component),
+    ("commands", remote_commands.create_ops_component),
 )
 
 
@@ -70,12 +78,14 @@ def _default_source(cfg: Config, on_state):
 
 def _default_publisher(cfg: Config, model_info: dict, on_state, outbox=None, on_acked=None):
     from edge_inspector.publish.mqtt import MqttPublisher
-    from edge_inspector.publish.outbox import Outbox
+    from edge_inspector.publish.outbox import Outbox, OutboxError
 
     if outbox is None:
         try:
             outbox = Outbox(cfg.outbox.path, cfg.outbox.max_mb, cfg.outbox.when_full)
         except OSError as exc:  # folder cannot be created, no permission, read-only mount: the key is wrong
+            if exc.errno == errno.ENOSPC:  # ... unless the disk is full: not a bad path (exit 1, systemd retries)
+                raise OutboxError(f"outbox.path={cfg.outbox.path}: no space left on the disk to create the outbox") from None
             raise ConfigError(f"outbox.path={cfg.outbox.path}: cannot create the outbox "
                               f"({exc.strerror or exc.__class__.__name__}: {exc.filename or cfg.outbox.path})") from None
     return MqttPublisher(cfg, outbox, model_info, on_state=on_state, on_acked=on_acked)
@@ -189,6 +199,7 @@ class Supervisor:
         health_every = self.cfg.mqtt.health_interval_s
         next_health = time.monotonic() + health_every
         stall_reported: set[str] = set()
+        reported_conditions: tuple = ({}, {})
         while not self._stop_requested.wait(0.2):
             if self.pipeline.finished.is_set():
                 self._stop_reason = self._stop_reason or self.pipeline.failure or self.pipeline.end_reason or "pipeline ended"
@@ -202,6 +213,7 @@ class Supervisor:
             if self.publisher is not None:
                 self.observer.on_outbox_depth(self._outbox_depth())
             stall_reported = self._report_stalls(stall_reported)
+            reported_conditions = self._report_conditions(reported_conditions)
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + health_every
                 self._publish_health()
@@ -217,29 +229,50 @@ class Supervisor:
         self._reload_requested.set()
 
     def shutdown(self) -> int:
+        """Stop within ``pipeline.shutdown_timeout_s`` (one deadline for draining the pipeline and
+        for the broker's PUBACKs, plus a few seconds to close). Exit code 0 only when every
+        verdict was delivered; 1 when a stage failed, a verdict could not be stored (lost), frames
+        were still in flight, or results remain undelivered in the outbox (they are kept and
+        replayed at the next start — the exit code and the ``stopped`` line say how many)."""
         reason = self._stop_reason or "requested"
         self._set_state("stopping", reason)
         timeout = self.cfg.pipeline.shutdown_timeout_s
+        deadline = time.monotonic() + timeout
         clean = True
+        in_flight = 0
         if self.software_trigger is not None:
             self.software_trigger.stop()  # first: no trigger may reach a camera being closed
         if self.pipeline is not None:
             self.pipeline.stop_acquisition()
-            if not self.pipeline.join(timeout):
-                clean = False
-                log.error("shutdown_timeout", detail="frames still in flight; they stay unpublished",
+            clean = self.pipeline.join(timeout)
+            p = self.pipeline
+            # accepted frames that never became a published (or given-up) verdict: still queued
+            # at the deadline, or behind a stage that died
+            in_flight = max(0, p.frames_in - p.frames_dropped - p.frames_out)
+            if not clean:
+                log.error("shutdown_timeout", detail=f"{in_flight} frame(s) still in flight; they stay unpublished",
                           queues=self.pipeline.queue_depths(), heartbeats=self.stage_heartbeats())
         for component in reversed(self.ops):
             _quietly(getattr(component, "stop", None))
         if self.publisher is not None:
             try:
-                self.publisher.stop(timeout=timeout)  # waits for PUBACKs, then the offline status
+                # waits for PUBACKs until the same deadline, then the offline status
+                self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
             except Exception:  # noqa: BLE001 - unsent results stay in the outbox for the next start
                 log.exception("publisher_stop_failed")
         failure = self.pipeline.failure if self.pipeline is not None else None
+        lost = self.pipeline.verdicts_lost if self.pipeline is not None else 0
+        undelivered = self._outbox_depth() or 0
         self._set_state("stopped", reason)
-        log.info("stopped", reason=reason, clean=clean, **self._counters())
-        return 1 if failure else 0
+        ok = not failure and clean and lost == 0 and in_flight == 0 and undelivered == 0
+        (log.info if ok else log.error)(
+            "stopped", reason=reason, clean=clean, verdicts_lost=lost, frames_in_flight=in_flight,
+            undelivered_in_outbox=undelivered, exit_code=0 if ok else 1,
+            message=("all verdicts delivered" if ok else
+                     (f"{failure}; " if failure else "") + f"{lost + in_flight} verdict(s) lost, {undelivered} "
+                     "result(s) remain in the outbox (replayed at the next start)"),
+            **self._counters())
+        return 0 if ok else 1
 
     # ================================================================ stage callbacks
     def current_runtime(self) -> ModelRuntime:
@@ -264,8 +297,11 @@ class Supervisor:
         self.observer.on_published(seq, verdict)
 
     def _on_camera_state(self, state: str, detail: str = "") -> None:
+        changed = state != self._camera_state
         self._camera_state = state
         self.observer.on_state("camera", state, detail)
+        if changed and self._state == "ready":  # MES sees a reconnecting camera on the retained status
+            self._publish_status()
 
     def _on_mqtt_state(self, state: str, info: Any = None) -> None:
         self._mqtt_state = state
@@ -280,25 +316,23 @@ class Supervisor:
     # ================================================================ station operations
     def _build_ops(self) -> list:
         """Construct the station-operations components (metrics, /healthz, systemd watchdog, NG
-        archive, remote commands) from ``self.cfg``.
+        archive, remote commands) from ``self.cfg``, each by its builder in ``OPS_BUILDERS``.
 
-        Convention: each module in ``OPS_MODULES`` may define
-        ``create_ops_component(supervisor) -> component | None``; the supervisor passes itself
-        (``cfg``, ``publisher``, and the PipelineControl methods). A component may have any of:
+        A builder takes the supervisor (``cfg``, ``publisher``, and the PipelineControl methods)
+        and returns a component or None (switched off by config). A component may have any of:
         PipelineObserver methods (it is then added as an observer), ``start()``, ``stop()``, and
-        ``apply_config(cfg) -> str | None`` for reloads. Modules that do not exist yet are skipped.
+        ``apply_config(cfg) -> str | None`` for reloads.
         """
+        if faults.PLAN_ERROR:
+            raise ConfigError(faults.PLAN_ERROR)
+        plan = faults.armed()
+        if plan:
+            log.warning("fault_injection_armed", plan=plan, detail=f"{faults.ENV_VAR} is set: for tests only")
         components = []
-        for module_name in OPS_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name == module_name:
-                    continue
-                raise
-            factory = getattr(module, "create_ops_component", None)
-            component = factory(self) if factory is not None else None
+        for name, build in OPS_BUILDERS:
+            component = build(self)
             if component is None:
+                log.info("ops_component_off", component=name)
                 continue
             if isinstance(component, PipelineObserver):
                 self.observer.add(component)
@@ -307,9 +341,50 @@ class Supervisor:
 
     # ================================================================ PipelineControl
     def stage_heartbeats(self) -> dict[str, float]:
+        """Seconds since each part last did its work: the five stages, the publisher's outbox
+        worker (``mqtt_worker``) and result delivery (``delivery``: results in flight on an up
+        link without a PUBACK). /healthz, the watchdog and the heartbeat metric all read this."""
         if self.pipeline is None:
             return {}
-        return self.pipeline.heartbeat_ages()
+        ages = self.pipeline.heartbeat_ages()
+        publisher = self.publisher
+        liveness = getattr(publisher, "liveness", None)
+        if liveness is not None and self._state not in ("stopping", "stopped"):
+            ages.update(liveness())
+        return ages
+
+    def conditions(self) -> dict[str, str]:
+        """States that stop results from being stored (name → one-line reason): /healthz answers
+        503 while any holds, and the status payload carries them. Heartbeats stay fresh meanwhile
+        (the parts are working, e.g. retrying), so the watchdog does not restart a daemon that a
+        restart cannot help; everything resumes by itself once the condition clears."""
+        found = {}
+        outbox = getattr(self.publisher, "outbox", None)
+        reason = getattr(outbox, "disk_full", None)
+        if reason:
+            found["outbox"] = reason
+        return found
+
+    def warnings(self) -> dict[str, str]:
+        """Degraded but still delivering (name → reason): reported, /healthz stays 200."""
+        found = {}
+        for component in self.ops:
+            reason = getattr(component, "disk_full", None) if isinstance(component, archive_store.ArchiveStore) else None
+            if reason:
+                found["archive"] = reason
+        return found
+
+    def liveness(self) -> tuple[bool, dict]:
+        """The /healthz verdict and body, also published in P/health's ``liveness`` section."""
+        return assess(self.stage_heartbeats(), self.cfg.pipeline.heartbeat_timeout_s, self.conditions(), self.warnings())
+
+    def disk_states(self) -> dict[str, float]:
+        """1 for a store whose disk is full now (outbox, archive), else 0 — for the metric."""
+        states = {"outbox": 1.0 if getattr(getattr(self.publisher, "outbox", None), "disk_full", None) else 0.0}
+        for component in self.ops:
+            if isinstance(component, archive_store.ArchiveStore):
+                states["archive"] = 1.0 if component.disk_full else 0.0
+        return states
 
     def snapshot(self) -> Optional[np.ndarray]:
         return None if self.pipeline is None else self.pipeline.last_image
@@ -368,6 +443,10 @@ class Supervisor:
             "heartbeats_s": {k: round(v, 2) for k, v in self.stage_heartbeats().items()},
             "model_load": dict(self.model_load),
             "last_reload": dict(self.last_reload),
+            "conditions": self.conditions(),
+            "warnings": self.warnings(),
+            "verdicts_lost": pipeline.verdicts_lost if pipeline else 0,
+            "thread_restarts": restart_counts(),
         }
 
     def reload(self, config_path: Optional[str] = None) -> tuple[bool, str]:
@@ -438,7 +517,7 @@ class Supervisor:
             parts = [f"applied: {', '.join(applied) if applied else 'nothing changed'}"]
             if engine_changed:
                 self._model_request += 1
-                threading.Thread(target=self._load_model, args=(new_bundle, self._model_request, old_cfg.model),
+                threading.Thread(target=self._load_model_reporting, args=(new_bundle, self._model_request, old_cfg.model),
                                  name="model-loader", daemon=True).start()
                 parts.append(f"model {new_bundle.name} ({new_bundle.sha256[:12]}) loading in the background")
             if restart_needed:
@@ -462,6 +541,19 @@ class Supervisor:
                  sha256=runtime.bundle.sha256[:12], threshold=runtime.threshold)
         if previous is None or previous.bundle.sha256 != runtime.bundle.sha256:
             self.observer.on_model(runtime.bundle.name, runtime.bundle.sha256)
+
+    def _load_model_reporting(self, bundle: ModelBundle, request: int, running_model_cfg) -> None:
+        """The model-loader thread: one attempt (no restart: the next reload retries), and an
+        unexpected exception ends as ``model_load: failed`` with the reason, never as a silently
+        dead thread with ``model_load`` stuck at "loading"."""
+        try:
+            self._load_model(bundle, request, running_model_cfg)
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            message = f"model {bundle.directory} not put in service: {type(exc).__name__}: {exc}"
+            log.exception("model_load_crashed", model=bundle.name)
+            self.model_load = {"state": "failed", "model": bundle.name, "message": message}
+            self.observer.on_state("model", "load_failed", message)
+            self._publish_status()
 
     def _load_model(self, bundle: ModelBundle, request: int, running_model_cfg) -> None:
         """Background: load + warm up a new engine, then swap it in — unless a newer reload
@@ -546,8 +638,11 @@ class Supervisor:
         if depth is not None:
             counters["outbox_depth"] = depth
         counters.update({f"queue_{k}": v for k, v in self.pipeline.queue_depths().items()})
+        counters["verdicts_lost"] = self.pipeline.verdicts_lost
+        counters["thread_restarts"] = sum(restart_counts().values())
+        healthy, body = self.liveness()
         try:
-            self.publisher.publish_health(counters)
+            self.publisher.publish_health(counters, liveness={"healthy": healthy, **body})
         except Exception:  # noqa: BLE001 - health is best effort (QoS 0)
             log.exception("health_publish_failed")
 
@@ -563,9 +658,24 @@ class Supervisor:
                 camera=self._camera_state,
                 last_reload=self.last_reload or None,
                 model_load=self.model_load,
+                conditions=self.conditions(),
+                warnings=self.warnings(),
             )
         except Exception:  # noqa: BLE001
             log.exception("status_publish_failed")
+
+    def _report_conditions(self, reported: tuple) -> tuple:
+        """Republish the retained status when a condition (disk full) starts or ends, so MES sees
+        the state change, not only the next periodic health message."""
+        now = (self.conditions(), self.warnings())
+        if now != reported:
+            for store in ("outbox", "archive"):
+                was = store in reported[0] or store in reported[1]
+                is_ = store in now[0] or store in now[1]
+                if was != is_:
+                    self.observer.on_state(store, "disk_full" if is_ else "ok", (now[0].get(store) or now[1].get(store) or ""))
+            self._publish_status()
+        return now
 
     def _report_stalls(self, already: set[str]) -> set[str]:
         timeout = self.cfg.pipeline.heartbeat_timeout_s

@@ -19,8 +19,10 @@ import time
 from typing import Any, Callable, Mapping, Optional
 
 from edge_inspector.health.liveness import describe_stalled, stalled_stages
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineObserver
+from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
 
@@ -187,8 +189,7 @@ class WatchdogLoop:
     def start(self) -> "WatchdogLoop":
         if not self.notifier.enabled:
             return self  # nothing listens: no thread to keep alive for months
-        self._thread = threading.Thread(target=self._run, name="sd-watchdog", daemon=True)
-        self._thread.start()
+        self._thread = start_supervised("sd-watchdog", self._run, self._stop)
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -199,6 +200,7 @@ class WatchdogLoop:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            fault_point("watchdog")
             self.tick()
             self._stop.wait(self.interval_s)
 

@@ -258,3 +258,44 @@ def test_software_trigger_without_image_times_out_into_an_error_frame(mono_image
     consumer.stop()
     assert len(frames) == 1 and frames[0].image is None
     assert "no image within 200 ms" in frames[0].error
+
+
+def test_image_folder_removed_during_reconnect_retries_with_backoff_until_it_returns(mono_images):
+    # Issue 8: with the emulator's image folder gone, the reconnect raised InputError out of
+    # frames() and the daemon exited 1 with a traceback. A setting that worked at start and fails
+    # on reconnect is retried with backoff (docs/cameras.md), saying why, until it works again.
+    folder, images = mono_images
+    states = []
+
+    class RemovedOnce(PylonSource):
+        removal_pending = False
+
+        def _device_removed(self, camera):
+            if self.removal_pending:
+                self.removal_pending = False
+                return True
+            return super()._device_removed(camera)
+
+    source = RemovedOnce(_camera(path=str(folder), trigger={"mode": "software"}, reconnect_min_s=0.05,
+                                 reconnect_max_s=0.2),
+                         on_state=lambda s, d: states.append((s, d)))
+    source.open()
+    moved = folder.with_name("mono-away")
+    folder.rename(moved)
+    source.removal_pending = True
+    consumer = _Consumer(source)
+    deadline = time.monotonic() + 5
+    while sum(1 for s, _ in states if s == "reconnecting") < 3:  # several attempts, none fatal
+        assert time.monotonic() < deadline, f"no retries: {states}"
+        assert consumer.thread.is_alive(), "frames() ended instead of retrying"
+        time.sleep(0.02)
+    assert any("no such image file or folder" in d for s, d in states if s == "reconnecting")
+    moved.rename(folder)
+    while source.state != "open" or source.stats["reconnects"] < 1:
+        assert time.monotonic() < deadline, f"no reconnect after the folder came back: {states}"
+        time.sleep(0.02)
+    assert source.trigger()
+    frames = consumer.wait_for(1)
+    consumer.stop()
+    assert frames[0].image is not None and np.array_equal(frames[0].image, images[0])
+    assert states[-1][0] == "closed"

@@ -9,7 +9,10 @@ import time
 
 import pytest
 
-from edge_inspector.publish.outbox import Outbox, OutboxFullError
+from pathlib import Path
+
+from edge_inspector.publish.outbox import SEQ_RESERVE, Outbox, OutboxFullError
+from edge_inspector.publish.payload import SEQ_MAX, build_plc, parse_plc, parse_result
 
 
 def _payload(i: int, pad: int = 0) -> dict:
@@ -99,12 +102,57 @@ def test_stop_policy_refuses_without_consuming_a_seq(tmp_path):
 def test_garbage_file_is_kept_aside_and_seq_never_goes_back(tmp_path):
     path = tmp_path / "o.sqlite"
     path.write_bytes(b"this is not a database" * 100)
-    before_ms = int(time.time() * 1000)
+    before_s = int(time.time())
     box = Outbox(path)
     assert box.quarantined is not None and box.quarantined.name.startswith("o.sqlite.corrupt-")
     assert box.quarantined.read_bytes().startswith(b"this is not a database")  # never deleted
     seq = box.add(_payload(0))
-    assert seq > before_ms  # last seq unreadable: continue from the clock, above any earlier seq
+    # last seq unreadable and no reservation file: the clock in seconds, inside the 32-bit range
+    assert before_s < seq <= SEQ_MAX
+    parse_plc(json.dumps(build_plc({"seq": seq, "verdict": "OK", "score": 0.1, "defects": []})))
+    box.close()
+
+
+def test_corrupt_outbox_continues_above_every_issued_seq_within_the_plc_range(tmp_path):
+    # Issue 8: after quarantine the counter restarted at the time in ms (1 796 004 754 404),
+    # outside the PLC payload's 32-bit range, and parse_plc rejected it. The reservation file
+    # now says how far seq may have gone: the counter continues above that, in range.
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    issued = [box.add(_payload(i)) for i in range(5)]
+    box.close()
+    path.write_bytes(b"garbage" * 1000)  # the database and its last seq are gone
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    box = Outbox(path)
+    seq = box.add(_payload(9))
+    assert max(issued) < seq <= max(issued) + SEQ_RESERVE  # a bounded gap, never a step back
+    result = json.loads(box.pending(10)[-1][1])
+    assert parse_result(json.dumps({**result, "ts": "2026-01-01T00:00:00.000Z", "station": {"line": "l", "name": "s"},
+                                    "verdict": "OK", "score": 0.1, "threshold": 0.5, "defects": [],
+                                    "model": {"name": "m", "sha256": "0" * 64}}))["seq"] == seq
+    assert parse_plc(json.dumps(build_plc({"seq": seq, "verdict": "OK", "score": 0.1, "defects": []})))["seq"] == seq
+    box.close()
+
+
+def test_seq_wraps_to_one_after_the_32_bit_maximum_and_keeps_order(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    box.close()
+    with sqlite3.connect(path) as db:  # fast-forward the counter to just below the maximum
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (SEQ_MAX - 2,))
+    box = Outbox(path)
+    seqs = [box.add(_payload(i)) for i in range(4)]
+    assert seqs == [SEQ_MAX - 1, SEQ_MAX, 1, 2]
+    # rows from before the wrap stay older: replay order and "after" positions follow storage order
+    assert [s for s, _ in box.pending(10)] == seqs
+    assert [s for s, _ in box.pending(10, after_seq=SEQ_MAX - 1)] == [SEQ_MAX, 1, 2]
+    assert [s for s, _ in box.pending(10, after_seq=SEQ_MAX)] == [1, 2]
+    assert [s for s, _ in box.pending(10, after_seq=1)] == [2]
+    assert [s for s, _ in box.pending(2)] == [SEQ_MAX - 1, SEQ_MAX]
+    box.close()
+    box = Outbox(path)
+    assert box.add(_payload(9)) == 3
     box.close()
 
 

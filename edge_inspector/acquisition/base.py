@@ -12,7 +12,9 @@ Threading model shared by all sources (folder.py, opencv.py, pylon.py):
   ``yield`` (consumer applying back-pressure) returns on its next resumption.
 * While a source waits to retry a lost camera it calls ``on_alive`` (set by the pipeline) every
   poll interval (``wait_to_reconnect``): the acquisition thread is busy on purpose, not hung, so
-  its heartbeat keeps beating. A thread stuck inside a driver call makes no such call.
+  its heartbeat keeps beating. The same holds while a source waits for its next part (trigger,
+  frame pacing): its wait loop calls ``on_alive`` every poll interval. A thread stuck inside a
+  driver call makes no such call, so its heartbeat goes stale whatever the trigger mode.
 """
 
 from __future__ import annotations
@@ -175,8 +177,9 @@ class Pacer:
         self._deadline: Optional[float] = None
         self.late_ticks = 0
 
-    def wait(self, stop: threading.Event) -> bool:
-        """Block until the next deadline; False when ``stop`` was set meanwhile."""
+    def wait(self, stop: threading.Event, alive: Optional[Callable[[], None]] = None) -> bool:
+        """Block until the next deadline; False when ``stop`` was set meanwhile. ``alive`` is
+        called every poll interval while waiting (a slow frame rate is not a hung thread)."""
         now = self._clock()
         if self._deadline is None:
             self._deadline = now  # the first frame goes out at once
@@ -184,8 +187,14 @@ class Pacer:
             self.late_ticks += 1
             self._deadline = now
         remaining = self._deadline - self._clock()
-        # Event.wait returns at once when close() sets the event, so no polling is needed here.
-        if stop.wait(remaining) if remaining > 0 else stop.is_set():
+        # Event.wait returns at once when close() sets the event; the slices are only for ``alive``.
+        while remaining > 0:
+            if alive is not None:
+                alive()
+            if stop.wait(min(remaining, POLL_INTERVAL_S) if alive is not None else remaining):
+                return False
+            remaining = self._deadline - self._clock()
+        if stop.is_set():
             return False
         self._deadline += self.period
         return True

@@ -16,6 +16,7 @@ from edge_inspector.acquisition.base import POLL_INTERVAL_S, CameraError, Frame,
 from edge_inspector.acquisition.expect import max_pixels
 from edge_inspector.config.models import CameraConfig
 from edge_inspector.errors import DatasetError, InputError
+from edge_inspector.faults import fault_point
 from edge_inspector.imageio import IMAGE_SUFFIXES, ImageTooLargeError, list_images, read_image
 from edge_inspector.logging import get_logger
 
@@ -94,6 +95,7 @@ class FolderSource(FrameSource):
             for index, path in enumerate(self._files):
                 # Decode before waiting so the frame leaves on its deadline, not deadline + decode time.
                 image, error = self._load(path, max_pixels(self._cfg.expect))
+                fault_point("camera.grab")
                 if not self._wait_for_slot(pacer):
                     return
                 ts_grab, ts_wall = stamp()
@@ -116,8 +118,9 @@ class FolderSource(FrameSource):
 
     def _wait_for_slot(self, pacer: Pacer) -> bool:
         if self.trigger_mode != "software":
-            return pacer.wait(self._stop)
+            return pacer.wait(self._stop, alive=self._report_alive)
         while not self._pending_triggers.acquire(timeout=POLL_INTERVAL_S):
+            self._report_alive()  # waiting for the next trigger is work, not a hang
             if self._stop.is_set():
                 return False
         return not self._stop.is_set()

@@ -110,6 +110,7 @@ class OpenCVSource(FrameSource):
                                            f"{consecutive_failures} consecutive read failures"):
                         return
                     consecutive_failures = 0
+                self._report_alive()  # a read returning (even empty, e.g. no trigger yet) is a sign of life
                 ok, image = self._read()
                 if self._stop.is_set():
                     return
@@ -133,7 +134,7 @@ class OpenCVSource(FrameSource):
                 consecutive_failures = 0
                 backoff.reset()
                 frames_this_pass += 1
-                if pacer is not None and not pacer.wait(self._stop):
+                if pacer is not None and not pacer.wait(self._stop, alive=self._report_alive):
                     return
                 ts_grab, ts_wall = stamp()
                 yield Frame(

@@ -30,6 +30,7 @@ from edge_inspector.acquisition.base import (
 )
 from edge_inspector.config.models import CameraConfig
 from edge_inspector.errors import InputError
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 
 log = get_logger("edge_inspector.acquisition.pylon")
@@ -204,6 +205,8 @@ class PylonSource(FrameSource):
                     yield self._error_frames.popleft()
                 if self._stop.is_set():
                     return
+                self._report_alive()  # each poll slice: waiting for a trigger is not a hang
+                fault_point("camera.grab")
                 reconnect_reason = None
                 with self._grab_lock:
                     if self._stop.is_set():
@@ -342,9 +345,12 @@ class PylonSource(FrameSource):
             try:
                 camera = self._connect()
             except InputError as exc:
-                # The device came back but rejects our settings (e.g. a different model behind the serial).
-                self._set_state("error", str(exc))
-                raise
+                # The settings worked at start, so a rejection now (the emulator's image folder
+                # gone, a swapped camera behind the serial) is a fault of the device's world, not
+                # a typo: keep retrying with backoff, saying why, until it works or we are closed.
+                reason = str(exc)
+                log.error("pylon_reconnect_rejected", serial=self.serial, attempt=attempt, error=reason)
+                continue
             except (CameraError, genicam.GenericException) as exc:
                 reason = _short(exc) if isinstance(exc, genicam.GenericException) else str(exc)
                 continue

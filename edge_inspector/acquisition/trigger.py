@@ -24,7 +24,9 @@ from typing import Callable, Optional
 
 from edge_inspector.acquisition.base import POLL_INTERVAL_S, FrameSource, Pacer
 from edge_inspector.config.models import CameraConfig
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
+from edge_inspector.threads import start_supervised
 
 log = get_logger("edge_inspector.acquisition.trigger")
 
@@ -62,8 +64,7 @@ class SoftwareTrigger:
         if self.origin != "timer" or self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run_timer, name="software-trigger", daemon=True)
-        self._thread.start()
+        self._thread = start_supervised("software-trigger", self._run_timer, self._stop)
         log.info("software_trigger_timer_started", fps=self.fps)
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -104,6 +105,7 @@ class SoftwareTrigger:
 
     def _run_timer(self) -> None:
         while not self._stop.is_set():
+            fault_point("trigger.timer")
             if self.max_triggers is not None and self.fired >= self.max_triggers:
                 log.info("software_trigger_timer_done", fired=self.fired)
                 return

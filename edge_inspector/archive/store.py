@@ -6,11 +6,17 @@ Layout under archive.path (relative paths resolve against the service's working 
     2026-11-28/<frame_id>.png          the frame as grabbed (original pixels)
     2026-11-28/<frame_id>.heatmap.png  the frame with the anomaly map and defect boxes drawn on it
 
-The day is the verdict's UTC date. ``on_verdict`` returns ``"2026-11-28/<frame_id>.png"`` — the
-archive reference that goes into the result payload — and only queues the work: encoding and
-writing a multi-megapixel PNG takes tens of milliseconds, which the inspection line must never
-wait for. A small writer thread drains a bounded queue; when it is full the frame is skipped
-(counted and logged) rather than slowing the line, and the payload then carries no reference.
+The day is the verdict's UTC date. ``on_verdict`` only queues the work (encoding a
+multi-megapixel PNG takes tens of milliseconds) and returns a ``PendingRef`` for
+``"2026-11-28/<frame_id>.png"``. A result names an archive file only once it is written: the
+publish stage waits for the pending write (at most ``REF_WAIT_S``) and puts the reference into
+the payload only if the file is on disk. A small writer thread drains a bounded queue; when it is
+full the frame is skipped (counted and logged) rather than slowing the line, and the payload then
+carries no reference.
+
+Disk full is a state, not a crash: a write that fails with ENOSPC leaves no half file, sets
+``disk_full`` (status payload ``warnings``, /healthz body, ``edge_inspector_disk_full{store="archive"}``),
+keeps every file already archived, and clears by itself with the next write that succeeds.
 
 Limits: after each write, and once a minute, the oldest entries are removed first until the
 archive is under archive.max_mb and nothing is older than archive.max_age_days.
@@ -18,6 +24,7 @@ archive is under archive.max_mb and nothing is older than archive.max_age_days.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import re
@@ -33,8 +40,11 @@ import cv2
 import numpy as np
 
 from edge_inspector.config.models import ArchiveConfig
+from edge_inspector.errors import ConfigError
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineObserver
+from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
 
@@ -43,6 +53,32 @@ _DAY_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _IDLE_SWEEP_S = 60.0
 _TMP_SUFFIX = ".tmp"
+# Longest the publish stage waits for a frame's archive write before publishing the result
+# without the reference (typically one PNG encode, tens of ms, and only for archived frames).
+REF_WAIT_S = 1.0
+
+
+class PendingRef(str):
+    """An archive reference (the str itself) that becomes valid when the writer has put the file
+    on disk: ``resolve`` says whether it did."""
+
+    def __new__(cls, ref: str):
+        obj = super().__new__(cls, ref)
+        obj._done = threading.Event()
+        obj.written = False
+        return obj
+
+    @property
+    def ref(self) -> str:
+        return str.__str__(self)
+
+    def settle(self, written: bool) -> None:
+        self.written = written
+        self._done.set()
+
+    def resolve(self, timeout: float = REF_WAIT_S) -> Optional[str]:
+        """The reference when the file was written within ``timeout`` seconds, else None."""
+        return self.ref if self._done.wait(timeout) and self.written else None
 
 
 @dataclass
@@ -62,6 +98,7 @@ class _Job:
     threshold: Optional[float]
     defects: list = field(default_factory=list)
     geometry: Any = None
+    pending: Optional[PendingRef] = None
 
 
 def safe_name(frame_id: str) -> str:
@@ -86,22 +123,24 @@ class ArchiveStore(PipelineObserver):
         self._ok_seen = 0
         self._thread: Optional[threading.Thread] = None
         self._last_skip_log = 0.0
+        self.disk_full: Optional[str] = None  # one-line reason while archive writes fail for lack of space
         self.counters = {
             "saved": 0,
             "skipped_queue_full": 0,
             "write_errors": 0,
+            "disk_full_errors": 0,
             "evicted_quota": 0,
             "evicted_age": 0,
         }
         self.root = Path(cfg.path)
         if cfg.enabled:
+            check_archive_path(self.root)
             self._scan()
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> "ArchiveStore":
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="archive-writer", daemon=True)
-            self._thread.start()
+            self._thread = start_supervised("archive-writer", self._run)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -137,6 +176,7 @@ class ArchiveStore(PipelineObserver):
             if moved:
                 self.root = Path(new.path)
         if new.enabled and (moved or not old.enabled):
+            check_archive_path(Path(new.path))  # a bad new path fails the reload of this section, loudly
             self._scan()  # files written before (another path, or before it was switched off)
         if new.enabled:
             self.enforce_limits()
@@ -179,13 +219,14 @@ class ArchiveStore(PipelineObserver):
         )
         with self._lock:
             job.ref = self._unique_ref(day, name)
+            job.pending = PendingRef(job.ref)
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
                 job = None
             else:
                 self._pending.add(job.ref)
-        return job.ref if job is not None else self._skip(name)
+        return job.pending if job is not None else self._skip(name)
 
     def _skip(self, frame_id: str) -> None:
         """Count (and now and then log) a frame the writer had no room for."""
@@ -208,6 +249,7 @@ class ArchiveStore(PipelineObserver):
     # --- writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
         while True:
+            fault_point("archive.writer")
             try:
                 job = self._queue.get(timeout=_IDLE_SWEEP_S)
             except queue.Empty:
@@ -216,33 +258,56 @@ class ArchiveStore(PipelineObserver):
             if job is None:
                 self._queue.task_done()
                 return
+            written = False
             try:
-                self._write(job)
+                written = self._write(job)
                 self.enforce_limits()
             except Exception:  # noqa: BLE001 - the writer thread must outlive any one frame
                 log.exception("archive_writer_error", ref=job.ref)
             finally:
+                if job.pending is not None:
+                    job.pending.settle(written)
                 with self._lock:
                     self._pending.discard(job.ref)
                 self._queue.task_done()
 
-    def _write(self, job: _Job) -> None:
+    def _write(self, job: _Job) -> bool:
+        """Write the frame (and heatmap); True when the frame's file is on disk."""
         target = self.root / job.ref
+        heatmap = target.with_name(target.name[: -len(".png")] + HEATMAP_SUFFIX)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             size = _write_png(target, job.image)
             if job.anomaly_map is not None:
                 overlay = render_overlay(job.image, job.anomaly_map, job.threshold, job.defects, job.geometry)
-                size += _write_png(target.with_name(target.name[: -len(".png")] + HEATMAP_SUFFIX), overlay)
+                try:
+                    size += _write_png(heatmap, overlay)
+                except BaseException:
+                    target.unlink(missing_ok=True)  # an entry is the frame and its heatmap, or nothing
+                    raise
         except Exception as exc:  # noqa: BLE001 - a full disk or odd frame must not kill the writer
+            disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
             with self._lock:
                 self.counters["write_errors"] += 1
-            log.error("archive_write_failed", ref=job.ref, error=f"{type(exc).__name__}: {exc}")
-            return
+                if disk_full:
+                    self.counters["disk_full_errors"] += 1
+            if disk_full:
+                if self.disk_full is None:
+                    log.error("archive_disk_full", path=str(self.root), ref=job.ref,
+                              message=f"archive {self.root}: disk full, NG frames are not archived (results carry "
+                              "no archive reference) until space returns; archived files are kept")
+                self.disk_full = f"disk full at {self.root}: NG frames not archived"
+            else:
+                log.error("archive_write_failed", ref=job.ref, error=f"{type(exc).__name__}: {exc}")
+            return False
+        if self.disk_full is not None:
+            log.info("archive_disk_space_back", path=str(self.root))
+            self.disk_full = None
         with self._lock:
             self._index.append(_Entry(job.ref, self._clock(), size))
             self._bytes += size
             self.counters["saved"] += 1
+        return True
 
     # --- limits -----------------------------------------------------------------------------
     def enforce_limits(self) -> None:
@@ -308,6 +373,23 @@ class ArchiveStore(PipelineObserver):
         with self._lock:
             self._index = deque(entries)
             self._bytes = sum(e.size for e in entries)
+
+
+def check_archive_path(root: Path) -> None:
+    """A bad ``archive.path`` is a config error (exit 2) at start, not write errors for months.
+
+    Creates the folder when missing. A full disk is not a bad path: it is the ``disk_full``
+    state, reported once writes fail, so it only logs here."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            log.error("archive_disk_full", path=str(root), message=f"archive {root}: no space to create the folder")
+            return
+        raise ConfigError(f"archive.path={root}: cannot create the archive folder "
+                          f"({exc.strerror or exc.__class__.__name__}: {exc.filename or root})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"archive.path={root}: folder is not writable by this user")
 
 
 def _write_png(path: Path, image: np.ndarray) -> int:

@@ -164,6 +164,13 @@ def create_ops_component(supervisor: Any) -> Optional[MetricsObserver]:
         return None
     metrics = MetricsObserver(station=f"{cfg.station.line}/{cfg.station.name}")
     metrics.watch_heartbeats(supervisor.stage_heartbeats)
+    from edge_inspector.threads import restart_counts
+
+    metrics.watch_counters("thread_restarts", "Supervised threads restarted after an exception (see threads.py)",
+                           restart_counts, label="thread")
+    if hasattr(supervisor, "disk_states"):
+        metrics.watch_gauges("disk_full", "1 while the disk under a store (outbox, archive) is full",
+                             supervisor.disk_states, label="store")
     # The supervisor announced the model before ops existed; start with it rather than empty.
     runtime = getattr(supervisor, "current_runtime", lambda: None)()
     info = getattr(runtime, "model_info", None) or {}

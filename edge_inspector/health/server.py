@@ -11,22 +11,17 @@ pipeline.heartbeat_timeout_s; 503 with the reason otherwise (also while the pipe
 from __future__ import annotations
 
 import json
-import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from edge_inspector.health.liveness import describe_stalled, stalled_stages
+from edge_inspector.health.liveness import assess
 from edge_inspector.logging import get_logger
+from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
-
-
-def _finite_or_none(value: float) -> Optional[float]:
-    value = float(value)
-    return round(value, 3) if math.isfinite(value) else None  # JSON has no Infinity
 
 
 class HealthServer:
@@ -43,8 +38,11 @@ class HealthServer:
         port: int = 9310,
         heartbeat_timeout_s: float = 10.0,
         heartbeats: Optional[Callable[[], Mapping[str, float]]] = None,
+        conditions: Optional[Callable[[], tuple[Mapping[str, str], Mapping[str, str]]]] = None,
     ):
         self.registry = registry
+        # () -> (blocking conditions, warnings), e.g. ({"outbox": "disk full"}, {"archive": "disk full"})
+        self._conditions = conditions
         self.host = host
         self.requested_port = port
         self.heartbeat_timeout_s = heartbeat_timeout_s
@@ -88,12 +86,16 @@ class HealthServer:
         httpd = ThreadingHTTPServer((self.host, self.requested_port), Handler)
         httpd.daemon_threads = True
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="health-http", kwargs={"poll_interval": 0.5}, daemon=True)
-        self._thread.start()
+        # serve_forever marks itself shut down even when it raises, so stop() never waits on a
+        # crashed loop; a restart simply serves again on the same socket.
+        self._stopping = threading.Event()
+        self._thread = start_supervised("health-http", lambda: httpd.serve_forever(poll_interval=0.5), self._stopping)
         log.info("health_listening", url=self.url)
         return self
 
     def stop(self) -> None:
+        if getattr(self, "_stopping", None) is not None:
+            self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -122,24 +124,25 @@ class HealthServer:
             return 503, {"status": "error", "reason": f"heartbeat probe failed: {type(exc).__name__}: {exc}"}
         if not ages:
             return 503, {"status": "starting", "reason": "no stage has reported a heartbeat yet"}
-        heartbeats = {stage: _finite_or_none(age) for stage, age in sorted(ages.items())}
-        stalled = stalled_stages(ages, self.heartbeat_timeout_s)
-        if stalled:
-            return 503, {
-                "status": "stalled",
-                "reason": f"{describe_stalled(stalled)} (timeout {self.heartbeat_timeout_s:g}s)",
-                "stalled": sorted(stalled),
-                "heartbeats": heartbeats,
-            }
-        return 200, {"status": "ok", "heartbeats": heartbeats, "timeout_s": self.heartbeat_timeout_s}
+        blocking: Mapping[str, str] = {}
+        warnings: Mapping[str, str] = {}
+        if self._conditions is not None:
+            try:
+                blocking, warnings = self._conditions()
+            except Exception as exc:  # noqa: BLE001 - not knowing is not healthy
+                blocking = {"conditions probe": f"{type(exc).__name__}: {exc}"}
+        healthy, body = assess(ages, self.heartbeat_timeout_s, blocking, warnings)
+        return (200 if healthy else 503), body
 
 
 class HealthOps:
     """The supervisor's /metrics + /healthz component (start/stop/apply_config)."""
 
-    def __init__(self, registry: CollectorRegistry, cfg: Any, heartbeats: Callable[[], Mapping[str, float]]):
+    def __init__(self, registry: CollectorRegistry, cfg: Any, heartbeats: Callable[[], Mapping[str, float]],
+                 conditions: Optional[Callable[[], tuple[Mapping[str, str], Mapping[str, str]]]] = None):
         self._registry = registry
         self._heartbeats = heartbeats
+        self._conditions = conditions
         self._health_cfg = cfg.health
         self._timeout = cfg.pipeline.heartbeat_timeout_s
         self.server: Optional[HealthServer] = None
@@ -148,7 +151,8 @@ class HealthOps:
         cfg = self._health_cfg
         if not cfg.enabled:
             return
-        server = HealthServer(self._registry, cfg.host, cfg.port, self._timeout, heartbeats=self._heartbeats)
+        server = HealthServer(self._registry, cfg.host, cfg.port, self._timeout, heartbeats=self._heartbeats,
+                              conditions=self._conditions)
         try:
             server.start()
         except OSError as exc:
@@ -181,4 +185,5 @@ def create_ops_component(supervisor: Any) -> Optional[HealthOps]:
     metrics = find_metrics(supervisor)
     if metrics is None:
         return None  # health.enabled is false
-    return HealthOps(metrics.registry, supervisor.cfg, supervisor.stage_heartbeats)
+    return HealthOps(metrics.registry, supervisor.cfg, supervisor.stage_heartbeats,
+                     conditions=lambda: (supervisor.conditions(), supervisor.warnings()))

@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_inspector.acquisition.base import Frame, FrameSource
 from edge_inspector.errors import InputError
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineObserver
 from edge_inspector.pipeline.queues import END, StageQueue
@@ -86,10 +87,10 @@ class Pipeline:
         }
         self._threads: dict[str, threading.Thread] = {}
         self._beats = {stage: time.monotonic() for stage in STAGES}
-        self._acquisition_waiting_for_camera = False
-        # A source that is reconnecting by itself yields nothing for up to camera.reconnect_max_s;
-        # it proves that the acquisition thread is alive from inside its retry wait (see
-        # FrameSource.wait_to_reconnect), so a hung thread still stops beating.
+        # A source that waits (for a trigger, the next paced frame, or to reconnect) yields
+        # nothing for a while; it proves that the acquisition thread is alive from inside its
+        # wait (FrameSource.on_alive, called every poll slice), so a thread hung inside a driver
+        # call stops beating whatever the trigger mode.
         source.on_alive = self._beat_acquisition
         self._stop_acquisition = threading.Event()
         self.finished = threading.Event()  # set when the publish stage has handled END
@@ -100,6 +101,7 @@ class Pipeline:
         self.frames_dropped = 0
         self.frames_out = 0
         self.publish_failures = 0
+        self.verdicts_lost = 0  # verdicts given up at shutdown because the outbox could not store them
         self.verdict_counts = {"OK": 0, "NG": 0, "ERROR": 0}
         self.last_image: Optional[np.ndarray] = None
         self.last_seq: Optional[int] = None
@@ -155,12 +157,9 @@ class Pipeline:
 
     def heartbeat_ages(self) -> dict[str, float]:
         now = time.monotonic()
-        ages = {stage: now - t for stage, t in self._beats.items()}
-        # A triggered camera waits for the next part for as long as the line is idle (breaks,
-        # shift change): that is not a stall. (A reconnecting source beats through on_alive.)
-        if self._acquisition_waiting_for_camera and getattr(self.source, "triggered", False):
-            ages["acquisition"] = 0.0
-        return ages
+        # No exemption for a triggered camera waiting for its next part: the source's own wait
+        # loop beats (on_alive), so an idle line stays fresh and a hung grab goes stale.
+        return {stage: now - t for stage, t in self._beats.items()}
 
     def queue_depths(self) -> dict[str, int]:
         return {name: len(q) for name, q in self.queues.items()}
@@ -184,16 +183,14 @@ class Pipeline:
         frame_iter = iter(self.source.frames())
         try:
             while not self._stop_acquisition.is_set():
-                self._acquisition_waiting_for_camera = True
                 try:
                     frame = next(frame_iter)
                 except StopIteration:
                     log.info("camera_ended", state=getattr(self.source, "state", "?"))
                     self.end_reason = self.end_reason or "camera ended"
                     break
-                finally:
-                    self._acquisition_waiting_for_camera = False
                 self._beat("acquisition")
+                fault_point("stage.acquisition")
                 t0 = time.monotonic()
                 with self._counts_lock:
                     self.frames_in += 1
@@ -226,6 +223,7 @@ class Pipeline:
             item = self.queues[queue_name].get(POLL_S)
             self._beat(stage)
             if item is not None:
+                fault_point(f"stage.{stage}")
                 return item
 
     def _preprocess_loop(self) -> None:
@@ -329,6 +327,9 @@ class Pipeline:
                 return
             t0 = time.monotonic()
             verdict = item.verdict
+            resolve = getattr(verdict.archive_ref, "resolve", None)
+            if resolve is not None:  # name an archive file only once it is on disk (archive/store.py)
+                verdict.archive_ref = resolve()
             seq = self._publish_with_retry(verdict)
             self.observer.on_stage_latency("publish", time.monotonic() - t0)
             with self._counts_lock:
@@ -338,9 +339,14 @@ class Pipeline:
             self._published_at.append(time.monotonic())
 
     def _publish_with_retry(self, verdict: Verdict) -> Optional[int]:
-        """Hand the verdict to the durable outbox. If that fails (disk full, I/O error), retry
-        without beating the heartbeat: the watchdog should see a publish stage that cannot make
-        progress. During shutdown give up after a few tries so the daemon can still exit."""
+        """Hand the verdict to the durable outbox; retry until it is stored.
+
+        A failure the outbox reports as a *state* (``exc.state``, e.g. "disk_full": it says so in
+        /healthz, the status payload and a metric, and resumes by itself when space returns)
+        keeps the heartbeat beating: the stage is doing its job, a restart cannot free a disk.
+        Any other failure (I/O error, a bug) retries without beating, so the watchdog sees a
+        publish stage that cannot make progress. During shutdown give up after a few tries so
+        the daemon can still exit; each verdict given up is counted (exit code 1)."""
         attempt = 0
         while True:
             try:
@@ -349,11 +355,19 @@ class Pipeline:
                 attempt += 1
                 with self._counts_lock:
                     self.publish_failures += 1
-                log.error("publish_failed", frame_id=verdict.frame_id, attempt=attempt, error=f"{exc.__class__.__name__}: {exc}")
+                known_state = getattr(exc, "state", None)
+                if known_state is not None:
+                    self._beat("publish")
+                if known_state is None or attempt == 1 or attempt % 50 == 0:  # a state is logged, not repeated
+                    log.error("publish_failed", frame_id=verdict.frame_id, attempt=attempt, state=known_state,
+                              error=f"{exc.__class__.__name__}: {exc}")
                 if self._stop_acquisition.is_set() and attempt >= 3:
+                    with self._counts_lock:
+                        self.verdicts_lost += 1
                     log.error("verdict_lost", frame_id=verdict.frame_id, verdict=verdict.verdict)
                     return None
-                time.sleep(min(2.0, 0.1 * 2**attempt))
+                # a known state retries often enough to beat within any heartbeat timeout
+                time.sleep(min(POLL_S if known_state is not None else 2.0, 0.1 * 2**attempt))
 
     def _timed(self, item: WorkItem, stage: str, t0: float) -> None:
         seconds = time.monotonic() - t0

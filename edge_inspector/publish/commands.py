@@ -32,8 +32,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_inspector.config.numbers import THRESHOLD_RANGE, FiniteFloat, Integer
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineControl
+from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
 
@@ -134,8 +136,7 @@ class CommandHandler:
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> "CommandHandler":
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="mqtt-commands", daemon=True)
-            self._thread.start()
+            self._thread = start_supervised("mqtt-commands", self._run)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -173,6 +174,7 @@ class CommandHandler:
             request = self._queue.get()
             if request is None:
                 return
+            fault_point("commands.handler")
             try:
                 response = self.execute(request.name, request.payload)
             except Exception as exc:  # noqa: BLE001 - execute() never raises; if it did, the commander still hears

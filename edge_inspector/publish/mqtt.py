@@ -19,6 +19,7 @@ Thread model (why it looks like this)
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import socket
@@ -34,6 +35,7 @@ from paho.mqtt.properties import Properties
 
 from edge_inspector.config.models import Config, MQTTConfig
 from edge_inspector.errors import ConfigError
+from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.publish.outbox import Outbox
@@ -48,6 +50,7 @@ from edge_inspector.publish.payload import (
     format_ts,
     station_dict,
 )
+from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
 
@@ -144,12 +147,18 @@ class MqttPublisher:
         self._replay_until_seq = 0
         self._link_up = False
         self._worker: Optional[threading.Thread] = None
+        self._worker_stop = threading.Event()
+        self._ack_backlog: set[int] = set()  # delivered seqs whose outbox ack could not be written yet
+        # Liveness (read by any thread, written by the worker): when its loop last ran, and since
+        # when results have waited on an up link without a PUBACK (None: not waiting).
+        self._worker_beat = time.monotonic()
+        self._waiting_since: Optional[float] = None
 
         # Shared, guarded by _lock (never held while calling into paho).
         self._lock = threading.Lock()
         self._stats = {
             "published": 0, "acked": 0, "replayed": 0, "plc_published": 0,
-            "plc_skipped": 0, "rejected": 0, "reconnects": 0, "inflight": 0,
+            "plc_skipped": 0, "rejected": 0, "reconnects": 0, "inflight": 0, "worker_errors": 0,
         }
         self._status_fields: dict[str, Any] = {}
         # Serialises build+publish of the retained status so that an older snapshot (built in
@@ -190,6 +199,12 @@ class MqttPublisher:
         client.on_publish = self._on_publish
         client.on_connect_fail = self._on_connect_fail
         client.on_socket_open = _disable_nagle
+        # paho's network thread re-raises a callback's exception by default and dies with it: no
+        # more PUBACKs, no reconnects, while is_connected() may still say True. Log and go on.
+        client.suppress_exceptions = True
+        paho_log = logging.getLogger("paho.mqtt")
+        paho_log.setLevel(logging.WARNING)  # its DEBUG/INFO lines are per packet
+        client.enable_logger(paho_log)
         return client
 
     def _offline_payload(self, reason: str) -> str:
@@ -201,8 +216,7 @@ class MqttPublisher:
         if self._started:
             return
         self._started = True
-        self._worker = threading.Thread(target=self._run_worker, name="mqtt-outbox", daemon=True)
-        self._worker.start()
+        self._worker = start_supervised("mqtt-outbox", self._run_worker, self._worker_stop)
         m = self._mqtt
         connect_kwargs: dict[str, Any] = {"keepalive": m.keepalive_s}
         if self._v5:
@@ -280,17 +294,22 @@ class MqttPublisher:
         if self._client.is_connected() and not self._stopped:
             self._publish_online_status()
 
-    def publish_health(self, counters: Mapping[str, Any]) -> bool:
-        """Publish pipeline ``counters`` plus outbox and MQTT counters on ``P/health`` (QoS 0).
+    def publish_health(self, counters: Mapping[str, Any], liveness: Optional[Mapping[str, Any]] = None) -> bool:
+        """Publish pipeline ``counters`` plus outbox and MQTT counters on ``P/health`` (QoS 0),
+        and the daemon's ``liveness`` verdict (the /healthz body) when given.
 
         Returns False when not connected (health is periodic; a missed one is not replayed).
         """
+        sections: dict[str, Any] = {}
+        if liveness is not None:
+            sections["liveness"] = dict(liveness)
         payload = build_health(
             counters,
             station=self._station,
             outbox={"depth": self.outbox.depth(), "evicted_total": self.outbox.evicted_total,
-                    "last_seq": self.outbox.last_seq},
+                    "last_seq": self.outbox.last_seq, "disk_full": bool(getattr(self.outbox, "disk_full", None))},
             mqtt={"connected": self.connected, **self.stats},
+            **sections,
         )
         if not self._client.is_connected():
             return False
@@ -325,14 +344,25 @@ class MqttPublisher:
                 pass  # disconnected meanwhile: the broker sends our Last Will instead
         self._client.disconnect()
         self._client.loop_stop()
+        self._worker_stop.set()
         self._events.put(("stop",))
         if self._worker is not None:
-            self._worker.join(timeout=5.0)
+            self._worker.join(timeout=max(0.5, deadline - time.monotonic()))  # a hung worker must not stretch the stop
         log.info("mqtt_stopped", outbox_depth=self.outbox.depth(), **self.stats)
 
     @property
     def connected(self) -> bool:
         return self._client.is_connected()
+
+    def liveness(self) -> dict[str, float]:
+        """Seconds since the outbox worker last ran its loop (``mqtt_worker``) and since results
+        started waiting on an up link without any PUBACK (``delivery``; 0 when nothing waits or
+        the broker is unreachable — an outage is a reported state, not a stall of this daemon)."""
+        if self._stopped:  # being retired (shutdown, or replaced on reload): its worker ends on purpose
+            return {"mqtt_worker": 0.0, "delivery": 0.0}
+        now = time.monotonic()
+        waiting = self._waiting_since
+        return {"mqtt_worker": now - self._worker_beat, "delivery": 0.0 if waiting is None else now - waiting}
 
     @property
     def outbox_depth(self) -> int:
@@ -425,7 +455,10 @@ class MqttPublisher:
                 self._stats["reconnects"] += 1
             self._ever_connected = True
             subscriptions = dict(self._subscriptions)
-        self._publish_online_status()
+        try:
+            self._publish_online_status()
+        except Exception as exc:  # noqa: BLE001 - a bad status field must not keep results from flowing
+            log.error("status_publish_failed", error=f"{type(exc).__name__}: {exc}")
         for topic_filter, (_cb, qos) in subscriptions.items():
             client.subscribe(topic_filter, qos=qos)
         self._events.put(("connected",))
@@ -448,12 +481,16 @@ class MqttPublisher:
     # ------------------------------------------------------------------ worker (our thread)
     def _run_worker(self) -> None:
         while True:
+            self._worker_beat = time.monotonic()
             try:
                 event = self._events.get(timeout=0.5)
             except queue.Empty:
                 event = ("tick",)  # periodic retry, e.g. after a publish returned "no connection"
+            self._worker_beat = time.monotonic()
             kind = event[0]
+            acked = False
             try:
+                fault_point("mqtt.worker")
                 if kind == "stop":
                     return
                 if kind == "connected":
@@ -466,31 +503,75 @@ class MqttPublisher:
                     self._inflight.clear()
                     self._last_sent_seq = 0
                 elif kind == "puback":
-                    self._handle_puback(event[1], event[2])
+                    acked = self._handle_puback(event[1], event[2])
+                self._retry_acks()
                 self._pump()
             except Exception as exc:  # keep the worker alive; rows stay in the outbox
-                log.error("mqtt_worker_error", event=kind, error=f"{type(exc).__name__}: {exc}")
+                with self._lock:
+                    self._stats["worker_errors"] += 1
+                log.error("mqtt_worker_error", worker_event=kind, error=f"{type(exc).__name__}: {exc}",
+                          detail="resending unacknowledged results from the outbox")
+                # The event may be lost (e.g. a PUBACK): forget the window and resend from the
+                # outbox, the source of truth. Duplicates are fine (subscribers deduplicate on seq);
+                # a row waiting for a PUBACK that never comes is not.
+                self._inflight.clear()
+                self._last_sent_seq = 0
                 time.sleep(0.1)
+            self._track_delivery(acked)
             with self._lock:
                 self._stats["inflight"] = len(self._inflight)
 
-    def _handle_puback(self, mid: int, reason_code) -> None:
+    def _track_delivery(self, acked: bool) -> None:
+        """Delivery liveness: a result's PUBACK (or nothing left in flight) resets the clock;
+        results in flight on an up link start it. A frozen broker or a wedged link then shows as
+        a growing ``delivery`` age while paho still believes it is connected. (paho also reports
+        QoS 0 sends such as P/health through on_publish: those prove nothing and do not count.)"""
+        if not self._link_up or not self._inflight:
+            self._waiting_since = None
+        elif acked or self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+
+    def _handle_puback(self, mid: int, reason_code) -> bool:
+        """True when ``mid`` was one of our results and the broker took it."""
         seq = self._inflight.pop(mid, None)
         if seq is None:
-            return  # PLC, status, or a message of a previous connection
+            return False  # PLC, status, health, or a message of a previous connection
         if getattr(reason_code, "is_failure", False):
             # The broker refused it (e.g. not authorised): keep the row, retry on next connect.
             self._count("rejected")
             log.error("mqtt_result_rejected", seq=seq, reason=str(reason_code),
                       message=f"broker refused result seq {seq} on {self.topics['result']}: {reason_code}")
-            return
-        removed = self.outbox.ack(seq)
+            return False
+        try:
+            removed = self.outbox.ack(seq)
+        except Exception as exc:  # noqa: BLE001 - e.g. disk full: the broker has it, only our bookkeeping lags
+            # Not a reason to resend everything: remember the seq and retry the ack each pass.
+            if not self._ack_backlog:
+                log.error("outbox_ack_failed", seq=seq, error=f"{type(exc).__name__}: {exc}",
+                          detail="delivered; the row stays until the ack can be written (a duplicate after a restart at most)")
+            self._ack_backlog.add(seq)
+            self._count("acked")
+            return True
         self._count("acked")
         if removed and self.on_acked is not None:
             try:
                 self.on_acked(seq)
             except Exception:  # noqa: BLE001 - a failing listener must not stop the acks
                 log.exception("on_acked_failed", seq=seq)
+        return True
+
+    def _retry_acks(self) -> None:
+        for seq in sorted(self._ack_backlog):
+            try:
+                removed = self.outbox.ack(seq)
+            except Exception:  # noqa: BLE001 - still no space: next pass
+                return
+            self._ack_backlog.discard(seq)
+            if removed and self.on_acked is not None:
+                try:
+                    self.on_acked(seq)
+                except Exception:  # noqa: BLE001
+                    log.exception("on_acked_failed", seq=seq)
 
     def _pump(self) -> None:
         if not self._link_up:

@@ -13,14 +13,22 @@ Design notes
   duplicate after restart, which subscribers already remove by ``seq``.
 - ``seq`` lives in a ``meta`` table, not in ``max(seq)``: after every row is acknowledged the
   table is empty and the counter must still continue.
+- ``seq`` runs 1..``SEQ_MAX`` (2**31 - 1: the PLC payload is 32-bit) and then wraps to 1
+  (docs/mqtt.md, "seq range and wrap"). Rows stored before a wrap keep their place: ``pending``
+  and eviction treat rows above the newest seq as older than the rows below it.
+- ``<outbox>.seq`` (a tiny side file, written atomically once per ``SEQ_RESERVE`` results)
+  records a seq that no result has passed yet: the counter's floor if the database is lost.
 - A corrupt file is never deleted: it is renamed to ``<name>.corrupt-<UTC time>``, whatever can be
-  read from it (pending rows, last seq) is copied into a fresh file, and when the last seq cannot
-  be read the new counter starts at the current Unix time in milliseconds, which is above any
-  counter that grew by at most one per millisecond since the epoch, so ``seq`` never goes back.
+  read from it (pending rows, last seq) is copied into a fresh file. When the last seq cannot be
+  read, the counter continues after the reserved seq in ``<outbox>.seq`` (a jump of at most
+  ``SEQ_RESERVE``, never back); without that file, at the current Unix time in seconds (within
+  the 32-bit range until 2038, and above any counter that issued fewer results than seconds
+  have passed since 1970).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -33,10 +41,17 @@ from typing import Literal
 
 from edge_inspector.errors import InspectorError
 from edge_inspector.logging import get_logger
+from edge_inspector.publish.payload import SEQ_MAX
 
 log = get_logger(__name__)
 
 WhenFull = Literal["drop_oldest", "stop"]
+SEQ_RESERVE = 1000  # seqs reserved per write of <outbox>.seq (one small fsync per this many results)
+
+
+def next_seq(seq: int) -> int:
+    """The seq after ``seq``: +1, and 1 after SEQ_MAX (the documented wrap)."""
+    return 1 if seq >= SEQ_MAX else seq + 1
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -50,6 +65,21 @@ class OutboxError(InspectorError):
 
 class OutboxFullError(OutboxError):
     """The outbox reached its quota and its policy is ``stop``: the result was NOT stored."""
+
+
+class OutboxDiskFullError(OutboxError):
+    """The filesystem under the outbox is full: the result was NOT stored. A state, not a crash:
+    ``Outbox.disk_full`` says so until a later ``add`` succeeds (the caller retries)."""
+
+    state = "disk_full"  # read by the publish stage: retry while beating (see pipeline/stages.py)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "disk is full" in str(exc) or "No space left" in str(exc)
 
 
 class Outbox:
@@ -70,7 +100,12 @@ class Outbox:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.quarantined: Path | None = None  # set when a corrupt file was moved aside at open
+        # One-line reason while the disk under the outbox is full (None otherwise): /healthz,
+        # the status payload and edge_inspector_disk_full{store="outbox"} read it.
+        self.disk_full: str | None = None
         self._lock_file = _exclusive_lock(self.path)
+        self._seq_file = Path(f"{self.path}.seq")
+        self._reserved = _read_reserved(self._seq_file)  # no seq above this was handed out (0: unknown)
         try:
             self._conn = self._open_checked()
         except sqlite3.DatabaseError as exc:
@@ -90,7 +125,7 @@ class Outbox:
         Raises OutboxFullError (policy ``stop``) when the quota is reached; nothing is stored then.
         """
         with self._lock:
-            seq = self._last_seq + 1
+            seq = next_seq(self._last_seq)
             text = _dumps_with_seq(payload, seq)
             if self.when_full == "stop" and self._used_bytes() + len(text) > self.max_bytes:
                 raise OutboxFullError(
@@ -98,14 +133,27 @@ class Outbox:
                     "policy 'stop'): result not stored"
                 )
             try:
+                if seq == 1 or seq > self._reserved:
+                    self._reserve_from(seq)
                 self._conn.execute("PRAGMA synchronous=FULL")
                 with self._conn:  # one transaction: the row and the counter commit together
                     self._conn.execute(
                         "INSERT INTO outbox (seq, created, payload) VALUES (?, ?, ?)", (seq, time.time(), text)
                     )
                     self._meta_set("last_seq", seq)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
+                if _is_disk_full(exc):
+                    if self.disk_full is None:
+                        log.error("outbox_disk_full", path=str(self.path), depth=self._depth,
+                                  message=f"outbox {self.path}: disk full, results cannot be stored; waiting for space "
+                                  f"({self._depth} stored results kept)")
+                    # stable text: it is republished on the retained status whenever it changes
+                    self.disk_full = f"disk full at {self.path.parent}: results cannot be stored"
+                    raise OutboxDiskFullError(f"outbox {self.path}: disk full, result seq {seq} not stored") from exc
                 raise OutboxError(f"outbox {self.path}: cannot store result seq {seq}: {exc}") from exc
+            if self.disk_full is not None:
+                log.info("outbox_disk_space_back", path=str(self.path), seq=seq)
+                self.disk_full = None
             self._last_seq = seq
             self._depth += 1
             if self.when_full == "drop_oldest" and self._used_bytes() > self.max_bytes:
@@ -113,11 +161,22 @@ class Outbox:
             return seq
 
     def pending(self, limit: int = 100, after_seq: int = 0) -> list[tuple[int, str]]:
-        """Up to ``limit`` waiting results with seq > ``after_seq``, oldest first, as (seq, json)."""
+        """Up to ``limit`` waiting results stored after ``after_seq`` (0: from the oldest), oldest
+        first, as (seq, json). Wrap-aware: rows above the newest seq were stored before the wrap."""
         with self._lock:
-            return self._conn.execute(
-                "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-            ).fetchall()
+            newest = self._last_seq
+            rows: list[tuple[int, str]] = []
+            if after_seq == 0 or after_seq > newest:  # still in (or before) the rows from before a wrap
+                rows = self._conn.execute(
+                    "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (max(after_seq, newest), limit)
+                ).fetchall()
+                after_seq = 0
+            if len(rows) < limit:
+                rows += self._conn.execute(
+                    "SELECT seq, payload FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                    (after_seq, newest, limit - len(rows)),
+                ).fetchall()
+            return rows
 
     def ack(self, seq: int) -> bool:
         """Remove a delivered result. Returns False when it was not there (evicted or acked twice)."""
@@ -189,12 +248,17 @@ class Outbox:
                 os.replace(src, Path(str(aside) + suffix))
         self.quarantined = aside
         rows, last_seq, evicted = _salvage(aside)
-        if last_seq is None:
-            last_seq = max([int(time.time() * 1000)] + [seq for seq, _, _ in rows])
-            seq_note = "last seq unreadable: seq continues from the current time in ms"
+        if last_seq is None and self._reserved:
+            # every seq ever issued is <= the reservation: continue above it (a gap, never a step back)
+            last_seq = self._reserved
+            seq_note = f"last seq unreadable: seq continues after the reserved seq in {self._seq_file.name}"
+        elif last_seq is None:
+            last_seq = max([int(time.time()) % SEQ_MAX] + [seq for seq, _, _ in rows])
+            seq_note = "last seq unreadable and no seq reservation file: seq continues from the Unix time in seconds"
         else:
-            last_seq = max([last_seq] + [seq for seq, _, _ in rows])
             seq_note = "seq continues"
+        if self._reserved and last_seq < self._reserved:
+            self._reserved = 0  # the next add writes a fresh reservation from the recovered counter
         log.error(
             "outbox_corrupt",
             message=f"outbox {self.path} is corrupt ({exc}); moved to {aside.name}, "
@@ -209,6 +273,22 @@ class Outbox:
         except sqlite3.Error as exc2:
             raise OutboxError(f"outbox {self.path}: cannot create a fresh file after quarantine: {exc2}") from exc2
         return conn
+
+    def _reserve_from(self, seq: int) -> None:
+        """Record (durably, before ``seq`` is used) that seqs up to ``seq + SEQ_RESERVE - 1`` may be
+        handed out: a lost database then resumes above every seq ever issued."""
+        reserved = min(SEQ_MAX, seq + SEQ_RESERVE - 1)
+        tmp = self._seq_file.with_name(self._seq_file.name + ".tmp")
+        try:
+            with open(tmp, "w", encoding="ascii") as fh:
+                fh.write(f"{reserved}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._seq_file)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._reserved = reserved
 
     def _meta_get(self, key: str, default: int) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -236,7 +316,8 @@ class Outbox:
             # falls when whole pages empty, so a per-row loop would re-measure needlessly.
             batch = max(1, min(self._depth - 1, math.ceil(self._depth * 0.02)))
             with self._conn:
-                seqs = [r[0] for r in self._conn.execute("SELECT seq FROM outbox ORDER BY seq LIMIT ?", (batch,))]
+                seqs = [r[0] for r in self._conn.execute(  # oldest first, rows from before a wrap first
+                    "SELECT seq FROM outbox ORDER BY seq <= ?, seq LIMIT ?", (self._last_seq, batch))]
                 self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
                 self._evicted_total += len(seqs)
                 self._meta_set("evicted_total", self._evicted_total)
@@ -287,6 +368,15 @@ def _exclusive_lock(path: Path):
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+def _read_reserved(path: Path) -> int:
+    """The reserved seq recorded in ``<outbox>.seq``, or 0 when there is none (or it is unreadable)."""
+    try:
+        value = int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return 0
+    return value if 1 <= value <= SEQ_MAX else 0
 
 
 def _dumps_with_seq(payload: dict, seq: int) -> str:

@@ -21,6 +21,9 @@ from edge_inspector.postprocess.verdict import Verdict
 RESULT_SCHEMA = "edge-inspector.result/1"
 PLC_RES = {"OK": 1, "NG": 2, "ERROR": 3}
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+# seq runs 1..SEQ_MAX on every topic (the PLC payload is 32-bit signed) and then wraps to 1;
+# the outbox enforces it, results and PLC messages validate it (docs/mqtt.md "seq range and wrap").
+SEQ_MAX = _INT32_MAX
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -85,6 +88,13 @@ def _clamp_int32(value: float) -> int:
     return int(max(_INT32_MIN, min(_INT32_MAX, round(value))))
 
 
+def _plc_seq(seq: Any) -> int:
+    seq = int(seq)
+    if not 1 <= seq <= SEQ_MAX:  # the outbox never hands one out; refuse rather than send garbage to a PLC
+        raise PayloadError(f"plc payload: seq {seq} outside 1..{SEQ_MAX}")
+    return seq
+
+
 def build_plc(result: Mapping[str, Any]) -> dict:
     """Flat integer payload for PLCs, derived from a stored result (so both carry the same seq).
 
@@ -98,7 +108,7 @@ def build_plc(result: Mapping[str, Any]) -> dict:
         x0, y0 = _clamp_int32(top["centroid"][0]), _clamp_int32(top["centroid"][1])
     score = result.get("score")
     return {
-        "seq": int(result["seq"]),
+        "seq": _plc_seq(result["seq"]),
         "res": PLC_RES[result["verdict"]],
         "score_milli": 0 if score is None else _clamp_int32(score * 1000),
         "n_def": len(defects),
@@ -201,8 +211,8 @@ def parse_result(data: bytes | str) -> dict:
     if _require(obj, "schema", what) != RESULT_SCHEMA:
         raise _fail(what, "schema", f"must be {RESULT_SCHEMA!r}, not {obj['schema']!r}")
     seq = _require(obj, "seq", what)
-    if not _is_int(seq) or seq < 1:
-        raise _fail(what, "seq", f"must be an integer >= 1, not {seq!r}")
+    if not _is_int(seq) or not 1 <= seq <= SEQ_MAX:
+        raise _fail(what, "seq", f"must be an integer in 1..{SEQ_MAX}, not {seq!r}")
     frame_id = _require(obj, "frame_id", what)
     if not isinstance(frame_id, str) or not frame_id:
         raise _fail(what, "frame_id", "must be a non-empty string")

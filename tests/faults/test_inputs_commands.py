@@ -15,7 +15,7 @@ import pytest
 
 from edge_inspector.publish.commands import COMMANDS, CommandHandler
 from tests.helpers.fake_control import FakeControl
-from tests.helpers.faults import NON_NUMBERS_JSON, numeric_fields
+from tests.helpers.bad_inputs import NON_NUMBERS_JSON, numeric_fields
 
 BASE = "ei/l1/st1"
 ARGUMENTS = [(name, field) for name, schema in COMMANDS.items() for field in numeric_fields(schema)]

@@ -11,7 +11,7 @@ import pytest
 from edge_inspector.config import load_config
 from edge_inspector.config.models import Config
 from edge_inspector.errors import ConfigError
-from tests.helpers.faults import NON_NUMBERS_YAML, numeric_fields
+from tests.helpers.bad_inputs import NON_NUMBERS_YAML, numeric_fields
 from tests.helpers.station import REPO, run_cli
 
 NUMERIC = numeric_fields(Config)

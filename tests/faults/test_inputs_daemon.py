@@ -14,7 +14,7 @@ import pytest
 
 from edge_inspector.publish.payload import parse_plc, parse_result
 from tests.helpers.broker import free_port
-from tests.helpers.faults import make_nan_bundle, odd_frames
+from tests.helpers.bad_inputs import make_nan_bundle, odd_frames
 from tests.helpers.station import Subscriber, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts
 from tests.helpers.tiny_bundle import make_tiny_bundle
 

@@ -1,0 +1,84 @@
+"""Class 2, liveness from work done: a driver call that hangs in ``camera.trigger.mode: hardware``
+turns /healthz 503, P/health unhealthy and stops the systemd watchdog pings — while a triggered
+line that is merely idle (no parts) stays healthy."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.helpers.broker import free_port
+from tests.helpers.faults import assert_contiguous, healthz, start_daemon, wait_until
+from tests.helpers.notify_listener import NotifyListener
+from tests.helpers.station import Subscriber, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.tiny_bundle import make_tiny_bundle
+
+TIMEOUT_S = 1.5  # pipeline.heartbeat_timeout_s for these tests
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("model") / "m")
+
+
+def _config(tmp_path, port, model_dir, health_port, trigger):
+    images = tmp_path / "images"
+    write_parts(images, 6)
+    cfg = station_config(tmp_path, port, model_dir, images,
+                         camera={"fps": 10.0, "loop": True, "trigger": trigger},
+                         pipeline={"heartbeat_timeout_s": TIMEOUT_S, "shutdown_timeout_s": 2.0},
+                         health={"enabled": True, "port": health_port})
+    return write_config(tmp_path / "station.yaml", cfg)
+
+
+def test_hung_grab_in_hardware_trigger_mode_is_seen_everywhere(tmp_path, mosquitto, model_dir):
+    health_port = free_port()
+    config = _config(tmp_path, mosquitto.port, model_dir, health_port, {"mode": "hardware"})
+    sub = Subscriber(mosquitto.port)
+    notify = NotifyListener()
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, faults="camera.grab:hang:4", log_path=log,
+                        env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"})
+    try:
+        notify.wait_for("READY", 30)
+        notify.wait_for("WATCHDOG", 10)  # pinged while grabbing
+        code, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(healthz(health_port)), 15,
+                                "/healthz 503 after the hung grab", proc, log)
+        assert body["status"] == "stalled" and body["stalled"] == ["acquisition"], body
+        # P/health says the same (liveness section), not "all fine"
+        wait_until(lambda: any(h.get("liveness", {}).get("stalled") == ["acquisition"] for h in sub.payloads("health")),
+                   5, "P/health reporting the stalled acquisition", proc, log)
+        # the watchdog stops being fed: no WATCHDOG=1 any more, a STALLED status instead
+        notify.drain(0.3)  # what was sent before the stall was seen
+        notify.messages.clear()
+        notify.drain(1.5)
+        assert not any("WATCHDOG" in m for m in notify.messages), notify.messages
+        assert any(m.get("STATUS", "").startswith("STALLED: acquisition") for m in notify.messages), notify.messages
+        assert len(sub.results_by_seq()) == 4  # the frames grabbed before the hang, nothing invented
+        assert_contiguous(sub.results_by_seq())
+    finally:
+        sub.close()
+        notify.close()
+        rc = stop_daemon(proc, signal.SIGTERM, timeout=20)
+    assert rc == 1  # a hung thread cannot drain: unclean stop, said so by the exit code
+
+
+def test_idle_triggered_line_stays_healthy(tmp_path, mosquitto, model_dir):
+    # Software trigger from commands, none sent: the camera waits for parts far longer than the
+    # heartbeat timeout. Its wait loop beats, so the station is healthy, not "stalled".
+    health_port = free_port()
+    config = _config(tmp_path, mosquitto.port, model_dir, health_port, {"mode": "software", "software_source": "command"})
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, log_path=log)
+    try:
+        wait_until(lambda: healthz(health_port)[0] == 200, 30, "/healthz 200 after start", proc, log)
+        end = time.monotonic() + 3 * TIMEOUT_S
+        while time.monotonic() < end:
+            code, body = healthz(health_port)
+            assert code == 200, body
+            time.sleep(0.3)
+    finally:
+        rc = stop_daemon(proc)
+    assert rc == 0, log.read_text()[-2000:]
