@@ -80,6 +80,10 @@ def test_sigterm_and_restart_on_a_full_outbox_disk_are_bounded_and_exit_1(tmp_pa
         proc = start_daemon(config, log_path=log1)
         try:
             wait_until(lambda: healthz(health_port)[0] == 200, 30, "daemon up", proc, log1)
+            # Results already waiting before the disk fills (on a loaded machine the first ones can
+            # take a while): they are what the exit line must count as undelivered.
+            wait_until(lambda: (metric(health_port, "edge_inspector_outbox_depth") or 0) > 0, 30,
+                       "results waiting in the outbox", proc, log1)
             fill_disk(tmp_path / "state")
             wait_until(lambda: _blocked_on_outbox(health_port), 15, "outbox disk full reported", proc, log1)
             proc.send_signal(signal.SIGTERM)
