@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import math
 import signal
 import threading
 import time
@@ -36,6 +35,7 @@ from edge_inspector.acquisition.trigger import SoftwareTrigger
 from edge_inspector.archive import store as archive_store
 from edge_inspector.config.loader import load_config
 from edge_inspector.config.models import Config
+from edge_inspector.config.numbers import threshold_problem
 from edge_inspector.errors import ConfigError, InputError
 from edge_inspector.health import metrics as health_metrics
 from edge_inspector.health import server as health_server
@@ -392,12 +392,10 @@ class Supervisor:
     def set_threshold(self, value: float) -> tuple[bool, str]:
         """Change the image threshold now (until the next reload or model swap, which bring the
         configured/calibrated one back)."""
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return False, f"threshold must be a number, not {value!r}"
-        if not math.isfinite(value):
-            return False, f"threshold must be finite, not {value}"
+        problem = threshold_problem(value)
+        if problem is not None:
+            return False, problem
+        value = float(value)
         with self._reload_lock:
             current = self._runtime
             if current is None:

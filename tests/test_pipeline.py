@@ -296,7 +296,11 @@ def test_set_threshold_snapshot_status(tmp_path, model_dir):
     t.start()
     try:
         time.sleep(0.3)
-        assert sup.set_threshold("abc")[0] is False and sup.set_threshold(float("nan"))[0] is False
+        # Same rule as the config and the command layer: finite, not a boolean, 0 < t <= 1e6.
+        for bad in ("abc", float("nan"), float("inf"), 0, -1.0, True, 2e6):
+            ok, msg = sup.set_threshold(bad)
+            assert ok is False and "threshold must" in msg, (bad, msg)
+        assert sup.status()["threshold_override"] is None
         ok, msg = sup.set_threshold(5.0)
         assert ok and "5" in msg
         time.sleep(0.3)

@@ -10,6 +10,7 @@ range cannot say:
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import AllowInfNan, BeforeValidator
@@ -28,3 +29,15 @@ Integer = Annotated[int, BeforeValidator(not_a_boolean)]
 # score >= threshold. Scores are normalised on good images (bundle threshold ~1..10), so 0 or a
 # negative value would reject every part and 1e6 would pass every one.
 THRESHOLD_RANGE = {"gt": 0, "le": 1_000_000}
+
+
+def threshold_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be an image threshold, or None: the one rule for every path that sets
+    one at run time (``P/cmd/set-threshold``, ``PipelineControl.set_threshold``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"threshold must be a number, not {value!r}"
+    if not math.isfinite(value):
+        return f"threshold must be finite, not {value}"
+    if not THRESHOLD_RANGE["gt"] < value <= THRESHOLD_RANGE["le"]:
+        return f"threshold must be > {THRESHOLD_RANGE['gt']} and <= {THRESHOLD_RANGE['le']:g}, not {value:g}"
+    return None
