@@ -211,22 +211,26 @@ def test_repeated_failed_grabs_reopen_the_camera_by_serial(mono_images):
     assert np.array_equal(frames[0].image, images[0])  # a fresh device replays from the first file
 
 
+class _RemovedOnce(PylonSource):
+    """The emulator cannot be unplugged: ``removal_pending = True`` makes the next removal check
+    say "device removed"; closing, re-enumerating and reopening by serial are the real pylon calls."""
+
+    removal_pending = False
+
+    def _device_removed(self, camera):
+        if self.removal_pending:
+            self.removal_pending = False
+            return True
+        return super()._device_removed(camera)
+
+
 def test_removal_flag_simulated_via_seam_reopens_same_serial_and_reports_lost_triggers(mono_images):
     # The emulator cannot be unplugged: the removal flag comes from the _device_removed seam;
     # closing, re-enumerating and reopening the device by serial are the real pylon calls.
     folder, images = mono_images
     states = []
 
-    class RemovedOnce(PylonSource):
-        removal_pending = False
-
-        def _device_removed(self, camera):
-            if self.removal_pending:
-                self.removal_pending = False
-                return True
-            return super()._device_removed(camera)
-
-    source = RemovedOnce(_camera(path=str(folder), trigger={"mode": "software"}, reconnect_min_s=0.05),
+    source = _RemovedOnce(_camera(path=str(folder), trigger={"mode": "software"}, reconnect_min_s=0.05),
                          on_state=lambda s, d: states.append(s))
     source.open()
     # A part triggered just before the device "disappears" must come back as an error frame.
@@ -267,16 +271,7 @@ def test_image_folder_removed_during_reconnect_retries_with_backoff_until_it_ret
     folder, images = mono_images
     states = []
 
-    class RemovedOnce(PylonSource):
-        removal_pending = False
-
-        def _device_removed(self, camera):
-            if self.removal_pending:
-                self.removal_pending = False
-                return True
-            return super()._device_removed(camera)
-
-    source = RemovedOnce(_camera(path=str(folder), trigger={"mode": "software"}, reconnect_min_s=0.05,
+    source = _RemovedOnce(_camera(path=str(folder), trigger={"mode": "software"}, reconnect_min_s=0.05,
                                  reconnect_max_s=0.2),
                          on_state=lambda s, d: states.append((s, d)))
     source.open()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import urllib.request
 
 import cv2
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from edge_inspector.publish.payload import parse_plc, parse_result
 from tests.helpers.broker import free_port
 from tests.helpers.bad_inputs import make_nan_bundle, odd_frames
+from tests.helpers.faults import http_get
 from tests.helpers.station import Subscriber, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
@@ -46,14 +46,6 @@ def _json_or_none(raw: bytes):
         return None
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_odd_frames_become_one_error_each_and_the_station_stays_healthy(tmp_path, mosquitto, model_dir):
     images = tmp_path / "images"
     write_parts(images, 4, defect_every=2)  # part_0000 OK, part_0001 NG, ...
@@ -69,9 +61,9 @@ def test_odd_frames_become_one_error_each_and_the_station_stays_healthy(tmp_path
     proc = start_daemon(config, log_path=tmp_path / "daemon.log")
     try:
         sub.wait_for(lambda: len(sub.results_by_seq()) >= 2 * len(files), 60, "two passes over the folder")
-        status, body = _get(f"http://127.0.0.1:{health_port}/healthz")
+        status, body = http_get(health_port, "/healthz")
         assert status == 200, body  # odd frames are the parts' fault, not the station's
-        _, metrics = _get(f"http://127.0.0.1:{health_port}/metrics")
+        _, metrics = http_get(health_port, "/metrics")
         errors = [float(line.split()[-1]) for line in metrics.splitlines()
                   if line.startswith('edge_inspector_verdicts_total{verdict="ERROR"}')]
         assert errors and errors[0] >= len(odd), metrics[-2000:]
