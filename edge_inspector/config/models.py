@@ -92,12 +92,30 @@ class CameraConfig(_Section):
                                       description="what a frame of this station's camera looks like; anything else is an ERROR verdict")
 
 
+class QualityConfig(_Section):
+    """Image-quality gate (preprocess/quality.py): a frame whose exposure is unusable becomes an
+    ERROR verdict ("overexposed: …" / "underexposed: …") instead of a part verdict."""
+
+    enabled: bool = True
+    saturated_level: Integer = Field(250, ge=1, le=255, description="a pixel with any channel at or above this is saturated")
+    black_level: Integer = Field(5, ge=0, le=254, description="a pixel whose luma is at or below this is black")
+    max_saturated_fraction: FiniteFloat = Field(0.6, ge=0, le=1, description="absolute limit on the saturated share of the ROI")
+    max_black_fraction: FiniteFloat = Field(0.6, ge=0, le=1, description="absolute limit on the black share of the ROI")
+    saturated_margin: FiniteFloat = Field(0.05, ge=0, le=1, description="saturated share allowed above the training images' maximum (bundle stats)")
+    black_margin: FiniteFloat = Field(0.05, ge=0, le=1, description="black share allowed above the training images' maximum (bundle stats)")
+    mean_ratio: FiniteFloat = Field(2.5, ge=1, le=100, description="mean luma more than this × the training range (or less than 1/this) is gated")
+    # Disjoint ranges, so the lower limit can never sit above the upper one.
+    min_mean: FiniteFloat = Field(2.0, ge=0, le=127, description="absolute lower limit of the mean luma")
+    max_mean: FiniteFloat = Field(250.0, ge=128, le=255, description="absolute upper limit of the mean luma")
+
+
 class PreprocessConfig(_Section):
     roi: Optional[tuple[RoiInt, RoiInt, RoiInt, RoiInt]] = Field(None, description="[x, y, w, h] in original-image pixels")
     lighting: Literal["none", "clahe", "flat_field", "match_train"] = "none"
     flat_field_reference: Optional[Path] = None
     clahe_clip_limit: FiniteFloat = Field(2.0, gt=0, le=1000)
     clahe_tile_grid: Integer = Field(8, ge=1, le=64)
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="image-quality gate before inference")
 
     @field_validator("roi")
     @classmethod

@@ -17,6 +17,7 @@ from edge_inspector.inference.base import Engine
 from edge_inspector.inference.bundle import ModelBundle
 from edge_inspector.postprocess.regions import RegionSettings
 from edge_inspector.preprocess.core import Preprocessor
+from edge_inspector.preprocess.quality import QualityGate
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class ModelRuntime:
     generation: int  # 1 at start, +1 for every applied change (logs and status)
     # What a frame of this station's camera looks like; sizes may derive from this bundle's input size.
     frame_expectation: FrameExpectation
+    # Exposure limits (config) against this bundle's training images: unusable frames become ERROR.
+    quality_gate: QualityGate = QualityGate(enabled=False)
 
     @property
     def model_info(self) -> dict:
@@ -82,6 +85,7 @@ def build_runtime(
         regions=build_region_settings(cfg, effective_threshold(cfg, bundle, threshold_override)),
         generation=generation,
         frame_expectation=FrameExpectation.from_config(cfg.camera.expect, bundle.image_size),
+        quality_gate=QualityGate.from_settings(cfg.preprocess.quality, bundle.meta.get("preprocess"), cfg.preprocess.roi),
     )
 
 
