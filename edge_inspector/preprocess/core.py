@@ -11,7 +11,7 @@ import numpy as np
 
 from edge_inspector.errors import InputError
 
-Lighting = Literal["none", "clahe", "flat_field", "match_train"]
+Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist"]
 
 # EfficientNet-Lite weights were trained on TF-style inputs: (x - 127) / 128. Measured 4-7 AUROC
 # points better than ImageNet mean/std on these weights.
@@ -107,6 +107,14 @@ class Preprocessor:
         self.train_stats = train_stats
         if lighting == "match_train" and not train_stats:
             raise InputError("lighting 'match_train' needs training-set statistics from the model bundle (model.json: preprocess.train_stats)")
+        # match_hist: the training images' luma percentiles (exposure_stats in preprocess/quality.py).
+        self._train_percentiles = None
+        if lighting == "match_hist":
+            percentiles = ((train_stats or {}).get("exposure") or {}).get("luma_percentiles")
+            if not percentiles or len(percentiles) != 101:
+                raise InputError("lighting 'match_hist' needs the training images' luma percentiles from the model bundle "
+                                 "(model.json: preprocess.train_stats.exposure.luma_percentiles; retrain with this version)")
+            self._train_percentiles = np.asarray(percentiles, dtype=np.float64)
 
     # -- geometry -------------------------------------------------------------------------
     def _crop(self, img: np.ndarray) -> tuple[np.ndarray, Geometry]:
@@ -137,6 +145,20 @@ class Preprocessor:
         cur_std = f.std(axis=(0, 1), keepdims=True) + 1e-3
         return np.clip((f - cur_mean) / cur_std * std + mean, 0, 255).astype(np.uint8)
 
+    def _match_hist(self, img: np.ndarray) -> np.ndarray:
+        """One tone curve (the same LUT on every channel) that maps this frame's luma percentiles
+        onto the training images' ones: undoes any global monotonic change of light (gain, gamma,
+        offset) up to clipping, keeps colour ratios, and leaves local structure alone."""
+        step = max(1, int(np.ceil(max(img.shape[:2]) / 256)))
+        sample = img[::step, ::step]
+        luma = cv2.cvtColor(np.ascontiguousarray(sample), cv2.COLOR_BGR2GRAY)
+        levels = np.linspace(0.0, 100.0, 101)
+        own = np.percentile(luma, levels)
+        own = own + np.arange(101) * 1e-6  # strictly increasing for interp (flat stretches)
+        position = np.interp(np.arange(256, dtype=np.float64), own, levels)
+        lut = np.interp(position, levels, self._train_percentiles)
+        return cv2.LUT(img, np.clip(np.rint(lut), 0, 255).astype(np.uint8))
+
     def normalise_lighting(self, bgr: np.ndarray) -> np.ndarray:
         if self.lighting == "none":
             return bgr
@@ -148,6 +170,8 @@ class Preprocessor:
             return self._flat_field(bgr)
         if self.lighting == "match_train":
             return self._match_train(bgr)
+        if self.lighting == "match_hist":
+            return self._match_hist(bgr)
         raise InputError(f"unknown lighting normalisation '{self.lighting}'")
 
     # -- main entry -----------------------------------------------------------------------

@@ -49,6 +49,14 @@ def _sample(image: np.ndarray) -> np.ndarray:
     return image[::step, ::step]
 
 
+def _luma_u8(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2GRAY)
+
+
 def measure(image: np.ndarray, saturated_level: int = SATURATED_LEVEL, black_level: int = BLACK_LEVEL) -> Exposure:
     """Exposure figures of one uint8 frame (H×W grey or H×W×3 BGR)."""
     s = _sample(image)
@@ -69,16 +77,25 @@ def measure(image: np.ndarray, saturated_level: int = SATURATED_LEVEL, black_lev
 
 def exposure_stats(images: Iterable[np.ndarray]) -> dict:
     """Training-set exposure figures for model.json ``preprocess.exposure`` (images: uint8 BGR or grey)."""
-    figures = [measure(img) for img in images]
+    figures, histogram = [], np.zeros(256, dtype=np.float64)
+    for img in images:
+        figures.append(measure(img))
+        histogram += np.bincount(_luma_u8(_sample(img)).ravel(), minlength=256)
     if not figures:
         raise ValueError("exposure_stats needs at least one image")
     means = [f.mean_luma for f in figures]
+    cdf = np.cumsum(histogram) / histogram.sum()
+    # Percentiles 0..100 of the training luma: the target of 'match_hist' lighting (core.py).
+    levels = np.linspace(0.0, 1.0, 101)
+    levels[0] = 1e-9  # percentile 0 = the darkest level present, not level 0
+    quantiles = np.searchsorted(cdf, levels, side="left").clip(0, 255)
     return {
         "saturated_level": SATURATED_LEVEL,
         "black_level": BLACK_LEVEL,
         "mean_luma": {"min": round(min(means), 3), "max": round(max(means), 3), "mean": round(float(np.mean(means)), 3)},
         "saturated_fraction_max": round(max(f.saturated_fraction for f in figures), 5),
         "black_fraction_max": round(max(f.black_fraction for f in figures), 5),
+        "luma_percentiles": [int(v) for v in quantiles],
         "n_images": len(figures),
     }
 
