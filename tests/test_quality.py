@@ -179,3 +179,63 @@ def test_daemon_turns_a_saturated_frame_into_an_overexposed_error(tmp_path, mosq
         sub.close()
         if proc is not None and proc.poll() is None:
             stop_daemon(proc, signal.SIGKILL)
+
+
+# -- lighting: config and bundle agree -------------------------------------------------------------
+
+def _cfg_and_bundle(tmp_path, config_lighting, bundle_lighting):
+    from edge_inspector.config.models import Config
+    from edge_inspector.inference.bundle import load_bundle
+
+    flat = tmp_path / "flat.png"
+    cv2.imwrite(str(flat), np.full((32, 32), 200, np.uint8))
+    pre = {} if config_lighting is None else {"lighting": config_lighting, "flat_field_reference": str(flat)}
+    cfg = Config.model_validate({"station": {"line": "l", "name": "s"}, "preprocess": pre})
+    bundle = load_bundle(make_tiny_bundle(tmp_path / f"m_{bundle_lighting}", image_size=64,
+                                          preprocess={"lighting": bundle_lighting, "train_stats": None}))
+    return cfg, bundle
+
+
+@pytest.mark.parametrize("config_lighting, bundle_lighting, runs", [
+    (None, "none", "none"), (None, "clahe", "clahe"), ("clahe", "clahe", "clahe"), ("flat_field", "none", "flat_field"),
+])
+def test_station_runs_the_bundles_lighting(tmp_path, config_lighting, bundle_lighting, runs):
+    from edge_inspector.pipeline.runtime import build_preprocessor
+
+    cfg, bundle = _cfg_and_bundle(tmp_path, config_lighting, bundle_lighting)
+    assert build_preprocessor(cfg, bundle).lighting == runs
+
+
+@pytest.mark.parametrize("config_lighting, bundle_lighting", [("clahe", "none"), ("none", "match_hist"), ("flat_field", "clahe")])
+def test_lighting_mismatch_between_config_and_bundle_is_one_line_error(tmp_path, config_lighting, bundle_lighting):
+    from edge_inspector.errors import InputError
+    from edge_inspector.pipeline.runtime import build_preprocessor
+
+    cfg, bundle = _cfg_and_bundle(tmp_path, config_lighting, bundle_lighting)
+    with pytest.raises(InputError) as err:
+        build_preprocessor(cfg, bundle)
+    msg = str(err.value)
+    assert msg.startswith(f"preprocess.lighting={config_lighting} does not match the model bundle's lighting '{bundle_lighting}'")
+    assert "model.json" in msg and "\n" not in msg
+
+
+def test_match_hist_undoes_global_light_changes():
+    from edge_inspector.preprocess.core import Preprocessor
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur((rng.random((120, 160, 3)) * 160 + 40).astype(np.uint8), (5, 5), 0)
+    stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats([img])}
+    matched, plain = Preprocessor(64, lighting="match_hist", train_stats=stats), Preprocessor(64)
+    ref = matched.prepare_rgb(img)[0].astype(np.float32)
+    for cond in (LightCondition("g", gain=1.3), LightCondition("y", gamma=0.6), LightCondition("o", offset=-30)):
+        moved = cond.apply(img)
+        assert np.abs(matched.prepare_rgb(moved)[0] - ref).mean() < 3.0
+        assert np.abs(plain.prepare_rgb(moved)[0] - plain.prepare_rgb(img)[0].astype(np.float32)).mean() > 10.0
+
+
+def test_match_hist_needs_the_bundles_percentiles():
+    from edge_inspector.errors import InputError
+    from edge_inspector.preprocess.core import Preprocessor
+
+    with pytest.raises(InputError, match="luma_percentiles"):
+        Preprocessor(64, lighting="match_hist", train_stats={"mean": [1, 1, 1], "std": [1, 1, 1]})
