@@ -83,6 +83,15 @@ class CameraConfig(_Section):
     trigger: TriggerConfig = TriggerConfig()
     exposure_us: Optional[FiniteFloat] = Field(None, gt=0, le=10_000_000)
     gain_db: Optional[FiniteFloat] = Field(None, ge=0, le=100)
+    # Closing the light loop in the camera (issue 9): pylon's ExposureAuto/GainAuto "Continuous"
+    # keep the frame's mean at the camera's brightness target whatever the lamp does.
+    auto_exposure: bool = Field(False, description="pylon: ExposureAuto and GainAuto Continuous (not with exposure_us / gain_db)")
+    auto_target_brightness: Optional[FiniteFloat] = Field(
+        None, ge=0, le=1,
+        description="pylon: brightness target of the auto functions, 0..1 of full scale; take the training images' "
+                    "mean (model.json preprocess.train_stats.exposure.mean_luma.mean / 255); null = the camera's setting; "
+                    "used only with auto_exposure",
+    )
     pixel_format: Optional[str] = Field(None, description="pylon PixelFormat, e.g. Mono8, BayerRG8, RGB8")
     grab_timeout_ms: Integer = Field(5000, gt=0, le=3_600_000)
     reconnect_min_s: FiniteFloat = Field(0.5, gt=0, le=3600)
@@ -90,6 +99,12 @@ class CameraConfig(_Section):
     max_consecutive_failures: Integer = Field(5, ge=1, le=10_000, description="grab failures before the camera is reopened")
     expect: FrameExpectConfig = Field(default_factory=FrameExpectConfig,
                                       description="what a frame of this station's camera looks like; anything else is an ERROR verdict")
+
+    @model_validator(mode="after")
+    def _auto_exposure_alone(self):
+        if self.auto_exposure and (self.exposure_us is not None or self.gain_db is not None):
+            raise ValueError("auto_exposure lets the camera choose exposure and gain: leave exposure_us and gain_db null")
+        return self
 
 
 class QualityConfig(_Section):
