@@ -92,6 +92,12 @@ def conditions(seed: int = SEED) -> list[LightCondition]:
     return grid
 
 
+# A cheaper subset for comparing lighting candidates (``--conditions core``): the acceptance
+# extremes, one gradient, one highlight, strong light.
+CORE = ("clean", "gain x0.6", "gain x1.6", "gamma 0.6", "gamma 1.6", "offset -30", "offset +30", "gradient ±40%",
+        "highlight r8% +100", "gain x1.6 + gamma 0.6", "strong light: gain x1.6 + gamma 0.6 + highlight r12% +150")
+
+
 def in_acceptance(cond: LightCondition) -> bool:
     return not cond.has_highlight and 0.6 <= cond.gain <= 1.6 and 0.6 <= cond.gamma <= 1.6
 
@@ -261,7 +267,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lighting", default="bundle", help="comma list of candidates: bundle, none, clahe, match_train, ...")
     p.add_argument("--limit", type=int, default=None, help="at most N good and N defective test images per dataset")
-    p.add_argument("--conditions", default=None, help="comma list of condition names to run (clean always runs)")
+    p.add_argument("--conditions", default=None, help="'core' (a subset for comparing candidates) or a comma list of condition names (clean always runs)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -283,7 +289,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not models:
         print("no bundles: give --model DATASET=MODEL_DIR or --train", file=sys.stderr)
         return 2
-    only = [s.strip() for s in args.conditions.split(",")] if args.conditions else None
+    only = None
+    if args.conditions == "core":
+        only = list(CORE)
+    elif args.conditions:
+        only = [s.strip() for s in args.conditions.split(",")]
     result = {
         "benchmark": "light-stress (issue 9)",
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
