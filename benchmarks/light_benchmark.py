@@ -99,7 +99,7 @@ CORE = ("clean", "gain x0.6", "gain x1.6", "gamma 0.6", "gamma 1.6", "offset -30
 
 
 def in_acceptance(cond: LightCondition) -> bool:
-    return not cond.has_highlight and 0.6 <= cond.gain <= 1.6 and 0.6 <= cond.gamma <= 1.6
+    return not cond.is_clean and not cond.has_highlight and 0.6 <= cond.gain <= 1.6 and 0.6 <= cond.gamma <= 1.6
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
@@ -256,6 +256,48 @@ def train_bundle(name: str, data_dir: Path, out: Path, head: str, lighting: str,
     return out
 
 
+def combine(paths: list[str]) -> dict:
+    """Merge runs (e.g. one per dataset or bundle) into one document: datasets → bundle variant."""
+    out: dict = {"benchmark": "light-stress (issue 9)", "paper_far": PAPER_FAR, "seed": SEED, "runs": [], "datasets": {}}
+    for path in paths:
+        run = json.loads(Path(path).read_text(encoding="utf-8"))
+        out["runs"].append({"command": run["command"], "limit": run["limit"], "threads": run["threads"],
+                            "quality_gate": run["quality_gate"]})
+        for name, ds in run["datasets"].items():
+            variant = f"{ds['model']['head']}, trained with lighting {ds['model']['lighting']}"
+            target = out["datasets"].setdefault(name, {}).setdefault(variant, {k: v for k, v in ds.items() if k != "lighting"})
+            target.setdefault("lighting", {}).update(ds["lighting"])
+    return out
+
+
+def _auroc_text(v: Optional[float]) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _pct(v: Optional[float]) -> str:
+    return "–" if v is None else f"{100 * v:.0f}"
+
+
+def markdown(doc: dict) -> str:
+    """Tables for docs/benchmarks.md, every figure read from the combined JSON."""
+    lines = []
+    for name, variants in doc["datasets"].items():
+        for variant, ds in variants.items():
+            for lighting, res in ds["lighting"].items():
+                tag = f"{lighting} at run time only" if res["runtime_only"] else lighting
+                lines.append(f"\n**{name}** — bundle `{ds['model']['name']}` ({variant}; sha256 {ds['model']['sha256'][:12]}), "
+                             f"lighting **{tag}**, prepare {res['prepare_ms_median']:.1f} ms/frame, "
+                             f"{ds['n_good']} good / {ds['n_defective']} defective test images\n")
+                lines.append("| condition | FAR % | recall % | recall / clean | gated good % | gated defective % | AUROC |")
+                lines.append("|---|---|---|---|---|---|---|")
+                for r in res["conditions"]:
+                    rel = r.get("recall_vs_clean")
+                    lines.append(f"| {r['condition']}{' ✱' if r['in_acceptance'] else ''} | {_pct(r['far'])} | {_pct(r['recall'])} | "
+                                 f"{'–' if rel is None else f'{rel:.2f}'} | {_pct(r['gated_good'])} | {_pct(r['gated_defective'])} | "
+                                 f"{_auroc_text(r['auroc'])} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", default=[], metavar="DATASET=MODEL_DIR",
@@ -271,7 +313,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--combine", nargs="+", metavar="RUN.json", help="merge earlier runs into --json instead of running")
+    p.add_argument("--markdown", metavar="COMBINED.json", help="print the docs tables of a combined JSON instead of running")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text(encoding="utf-8"))))
+        return 0
+    if args.combine:
+        text = json.dumps(combine(args.combine), indent=1)
+        if args.json_out:
+            Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+        else:
+            print(text)
+        return 0
 
     models: dict[str, Path] = {}
     for spec in args.model:
