@@ -227,7 +227,8 @@ def test_match_hist_undoes_global_light_changes():
     stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats([img])}
     matched, plain = Preprocessor(64, lighting="match_hist", train_stats=stats), Preprocessor(64)
     ref = matched.prepare_rgb(img)[0].astype(np.float32)
-    for cond in (LightCondition("g", gain=1.3), LightCondition("y", gamma=0.6), LightCondition("o", offset=-30)):
+    for cond in (LightCondition("g", gain=1.3), LightCondition("y", gamma=0.6), LightCondition("o", offset=-30),
+                 LightCondition("d", gradient=0.3, gradient_angle_deg=30.0)):
         moved = cond.apply(img)
         assert np.abs(matched.prepare_rgb(moved)[0] - ref).mean() < 3.0
         assert np.abs(plain.prepare_rgb(moved)[0] - plain.prepare_rgb(img)[0].astype(np.float32)).mean() > 10.0
@@ -239,3 +240,14 @@ def test_match_hist_needs_the_bundles_percentiles():
 
     with pytest.raises(InputError, match="luma_percentiles"):
         Preprocessor(64, lighting="match_hist", train_stats={"mean": [1, 1, 1], "std": [1, 1, 1]})
+
+
+def test_levelling_removes_a_ramp_and_leaves_an_even_frame_alone():
+    from edge_inspector.preprocess.core import Preprocessor
+
+    rng = np.random.default_rng(1)
+    even = cv2.GaussianBlur((rng.random((90, 120, 3)) * 100 + 80).astype(np.uint8), (7, 7), 0)
+    assert np.abs(Preprocessor._level(even).astype(np.float32) - even).mean() < 1.0
+    ramped = apply_gradient(even, 0.3, 30.0)
+    assert np.abs(ramped.astype(np.float32) - even).mean() > 10
+    assert np.abs(Preprocessor._level(ramped).astype(np.float32) - even).mean() < 4.0

@@ -145,10 +145,34 @@ class Preprocessor:
         cur_std = f.std(axis=(0, 1), keepdims=True) + 1e-3
         return np.clip((f - cur_mean) / cur_std * std + mean, 0, 255).astype(np.uint8)
 
+    @staticmethod
+    def _level(img: np.ndarray) -> np.ndarray:
+        """Divide out the frame's first-order illumination field: a least-squares plane
+        a + b·x + c·y fitted to the luma, applied as the factor 1 + (b·x + c·y)/a. A lamp to one
+        side gives such a ramp; a part centred in the frame contributes almost no slope of its
+        own, so an evenly lit frame comes out nearly unchanged."""
+        h, w = img.shape[:2]
+        step = max(1, int(np.ceil(max(h, w) / 128)))
+        luma = cv2.cvtColor(np.ascontiguousarray(img[::step, ::step]), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        sh, sw = luma.shape
+        ys, xs = np.mgrid[0:sh, 0:sw].astype(np.float32)
+        xs = (xs * step + 0.5) / w - 0.5
+        ys = (ys * step + 0.5) / h - 0.5
+        design = np.stack([np.ones(luma.size, np.float32), xs.ravel(), ys.ravel()], axis=1)
+        (a, b, c), *_ = np.linalg.lstsq(design, luma.ravel(), rcond=None)
+        if a < 1.0:  # a black frame has no illumination to level (the quality gate names it)
+            return img
+        x = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
+        y = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
+        field = np.clip(1.0 + (b * x[None, :] + c * y[:, None]) / a, 0.25, 4.0)
+        return np.clip(img.astype(np.float32) / field[..., None], 0, 255).astype(np.uint8)
+
     def _match_hist(self, img: np.ndarray) -> np.ndarray:
-        """One tone curve (the same LUT on every channel) that maps this frame's luma percentiles
-        onto the training images' ones: undoes any global monotonic change of light (gain, gamma,
-        offset) up to clipping, keeps colour ratios, and leaves local structure alone."""
+        """Level the first-order illumination slope (``_level``), then one tone curve (the same
+        LUT on every channel) that maps the frame's luma percentiles onto the training images':
+        undoes a smooth gradient and any global monotonic change of light (gain, gamma, offset)
+        up to clipping, keeps colour ratios, and leaves local structure alone."""
+        img = self._level(img)
         step = max(1, int(np.ceil(max(img.shape[:2]) / 256)))
         sample = img[::step, ::step]
         luma = cv2.cvtColor(np.ascontiguousarray(sample), cv2.COLOR_BGR2GRAY)
