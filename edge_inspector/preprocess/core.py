@@ -164,8 +164,8 @@ class Preprocessor:
             return img
         x = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
         y = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
-        field = np.clip(1.0 + (b * x[None, :] + c * y[:, None]) / a, 0.25, 4.0)
-        return np.clip(img.astype(np.float32) / field[..., None], 0, 255).astype(np.uint8)
+        inverse = 1.0 / np.clip(1.0 + (b * x[None, :] + c * y[:, None]) / a, 0.25, 4.0)
+        return cv2.multiply(img, cv2.merge([inverse.astype(np.float32)] * 3), dtype=cv2.CV_8U)  # saturating
 
     def _match_hist(self, img: np.ndarray) -> np.ndarray:
         """Level the first-order illumination slope (``_level``), then one tone curve (the same
@@ -177,9 +177,10 @@ class Preprocessor:
         sample = img[::step, ::step]
         luma = cv2.cvtColor(np.ascontiguousarray(sample), cv2.COLOR_BGR2GRAY)
         levels = np.linspace(0.0, 100.0, 101)
-        own = np.percentile(luma, levels)
-        own = own + np.arange(101) * 1e-6  # strictly increasing for interp (flat stretches)
-        position = np.interp(np.arange(256, dtype=np.float64), own, levels)
+        # Each grey level's percentile position in this frame (mid-rank of its histogram bin).
+        counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
+        cdf = np.cumsum(counts)
+        position = 100.0 * (cdf - 0.5 * counts) / cdf[-1]
         lut = np.interp(position, levels, self._train_percentiles)
         return cv2.LUT(img, np.clip(np.rint(lut), 0, 255).astype(np.uint8))
 
