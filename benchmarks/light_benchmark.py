@@ -290,23 +290,58 @@ def _pct(v: Optional[float]) -> str:
     return "–" if v is None else f"{100 * v:.0f}"
 
 
-def markdown(doc: dict) -> str:
-    """Tables for docs/benchmarks.md, every figure read from the combined JSON."""
-    lines = []
+def _f3(v: Optional[float]) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def markdown_summary(doc: dict) -> str:
+    """One row per dataset × bundle × lighting: the acceptance figures of issue 9."""
+    lines = ["| dataset | bundle (head, trained with) | run-time lighting | prepare ms | clean AUROC | clean FAR % / recall % | "
+             "worst FAR % in acceptance (condition) | min recall / clean | max gated good % | max good not OK % | "
+             "highlights: max FAR % / max gated good % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, variants in doc["datasets"].items():
         for variant, ds in variants.items():
             for lighting, res in ds["lighting"].items():
-                tag = f"{lighting} at run time only" if res["runtime_only"] else lighting
-                lines.append(f"\n**{name}** — bundle `{ds['model']['name']}` ({variant}; sha256 {ds['model']['sha256'][:12]}), "
-                             f"lighting **{tag}**, prepare {res['prepare_ms_median']:.1f} ms/frame, "
-                             f"{ds['n_good']} good / {ds['n_defective']} defective test images\n")
-                lines.append("| condition | FAR % | recall % | recall / clean | gated good % | gated defective % | AUROC |")
-                lines.append("|---|---|---|---|---|---|---|")
-                for r in res["conditions"]:
-                    rel = r.get("recall_vs_clean")
-                    lines.append(f"| {r['condition']}{' ✱' if r['in_acceptance'] else ''} | {_pct(r['far'])} | {_pct(r['recall'])} | "
-                                 f"{'–' if rel is None else f'{rel:.2f}'} | {_pct(r['gated_good'])} | {_pct(r['gated_defective'])} | "
-                                 f"{_auroc_text(r['auroc'])} |")
+                m = res["summary"]
+                tag = f"{lighting} (run time only)" if res["runtime_only"] else lighting
+                gated_all = m.get("acceptance_all_gated_conditions") or []
+                worst = f"{_pct(m['acceptance_far_max'])} ({m['acceptance_far_max_condition']})"
+                if gated_all:
+                    worst += f"; all gated: {', '.join(gated_all)}"
+                lines.append(f"| {name} | `{ds['model']['name']}` ({variant}) | {tag} | {res['prepare_ms_median']:.1f} | "
+                             f"{_f3(m['clean_auroc'])} | {_pct(m['clean_far'])} / {_pct(m['clean_recall'])} | {worst} | "
+                             f"{_f3(m['acceptance_recall_vs_clean_min'])} | {_pct(m['acceptance_gated_good_max'])} | "
+                             f"{_pct(m.get('acceptance_good_not_ok_max'))} | "
+                             f"{_pct(m['highlight_far_max'])} / {_pct(m['highlight_gated_good_max'])} |")
+    return "\n".join(lines)
+
+
+def markdown(doc: dict) -> str:
+    """Tables for docs/benchmarks.md, every figure read from the combined JSON: the summary, then
+    per (bundle kind, lighting) one table of every condition with a column per dataset."""
+    lines = [markdown_summary(doc)]
+    groups: dict = {}
+    for name, variants in doc["datasets"].items():
+        for variant, ds in variants.items():
+            for lighting, res in ds["lighting"].items():
+                key = (variant.split(",")[0], ds["model"]["lighting"], lighting)
+                groups.setdefault(key, {})[name] = res["conditions"]
+    for (head, trained, lighting), by_ds in groups.items():
+        names = list(by_ds)
+        lines.append(f"\n{head} bundles trained with lighting `{trained}`, run-time lighting `{lighting}` — "
+                     "per dataset: FAR % / recall % / gated good % / AUROC (✱ = acceptance condition)\n")
+        lines.append("| condition | " + " | ".join(names) + " |")
+        lines.append("|---|" + "---|" * len(names))
+        order = [r["condition"] for r in next(iter(by_ds.values()))]
+        for cond in order:
+            cells = []
+            for n in names:
+                row = next((r for r in by_ds[n] if r["condition"] == cond), None)
+                cells.append("–" if row is None else
+                             f"{_pct(row['far'])} / {_pct(row['recall'])} / {_pct(row['gated_good'])} / {_f3(row['auroc'])}")
+            acc = next((r["in_acceptance"] for rows in by_ds.values() for r in rows if r["condition"] == cond), False)
+            lines.append(f"| {cond}{' ✱' if acc else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
