@@ -67,3 +67,20 @@ def test_gated_frames_are_never_counted_as_ok(tmp_path, monkeypatch):
 def test_bad_model_argument_is_exit_2(capsys):
     assert lb.main(["--model", "nosuchset=/tmp/x"]) == 2
     assert "DATASET=MODEL_DIR" in capsys.readouterr().err
+
+
+def test_combine_and_markdown_read_every_figure_from_the_json(tmp_path, monkeypatch, capsys):
+    _dataset(tmp_path / "data", 127)
+    model = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.5)
+    monkeypatch.setenv("EDGE_INSPECTOR_DATASETS", str(tmp_path / "data"))
+    run = tmp_path / "run.json"
+    assert lb.main(["--model", f"bottle={model}", "--conditions", "gain x1.2", "--threads", "1", "--json", str(run), "--quiet"]) == 0
+    combined = tmp_path / "combined.json"
+    assert lb.main(["--combine", str(run), "--json", str(combined)]) == 0
+    doc = json.loads(combined.read_text())
+    assert list(doc["datasets"]["bottle"]) == ["default, trained with lighting none"]
+    capsys.readouterr()
+    assert lb.main(["--markdown", str(combined)]) == 0
+    text = capsys.readouterr().out
+    assert "| bottle | `tiny-default` (default, trained with lighting none) | none |" in text
+    assert "| gain x1.2 ✱ | 0 / 100 / 0 / 1.000 |" in text
