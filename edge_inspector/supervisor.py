@@ -428,6 +428,7 @@ class Supervisor:
             "fps": pipeline.fps() if pipeline else 0.0,
             **counters,
             "verdicts": dict(pipeline.verdict_counts) if pipeline else {},
+            "quality_gated": dict(pipeline.quality_gated) if pipeline else {},
             "last_seq": pipeline.last_seq if pipeline else None,
             "mqtt_state": self._mqtt_state,
             "outbox_depth": self._outbox_depth(),
@@ -631,6 +632,7 @@ class Supervisor:
             return
         counters = dict(self._counters())
         counters.update({f"verdicts_{k.lower()}": v for k, v in self.pipeline.verdict_counts.items()})
+        counters.update({f"gated_{k}": v for k, v in self.pipeline.quality_gated.items()})
         counters["fps"] = self.pipeline.fps()
         depth = self._outbox_depth()
         if depth is not None:

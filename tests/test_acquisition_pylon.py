@@ -294,3 +294,30 @@ def test_image_folder_removed_during_reconnect_retries_with_backoff_until_it_ret
     consumer.stop()
     assert frames[0].image is not None and np.array_equal(frames[0].image, images[0])
     assert states[-1][0] == "closed"
+
+
+def test_auto_exposure_turns_on_the_cameras_auto_functions(mono_images):
+    """Issue 9: closing the light loop in the camera. The emulator has ExposureAuto and GainAuto
+    (but no brightness target node, and its images do not respond to exposure)."""
+    folder, _ = mono_images
+    with PylonSource(_camera(path=str(folder), auto_exposure=True)) as source:
+        nodes = source._camera.GetNodeMap()
+        assert nodes.GetNode("ExposureAuto").ToString() == "Continuous"
+        assert nodes.GetNode("GainAuto").ToString() == "Continuous"
+        (frame,) = list(islice(source.frames(), 1))
+    assert frame.image is not None
+
+
+def test_brightness_target_on_a_camera_without_the_node_is_one_clear_line(mono_images):
+    folder, _ = mono_images
+    with pytest.raises(InputError) as info:
+        PylonSource(_camera(path=str(folder), auto_exposure=True, auto_target_brightness=0.42)).open()
+    message = str(info.value)
+    assert message.startswith("camera.auto_target_brightness=0.42: pylon camera 0815-0000 has neither AutoTargetBrightness")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("settings", [{"auto_exposure": True, "exposure_us": 1000}, {"auto_exposure": True, "gain_db": 2.0}])
+def test_auto_exposure_conflicts_are_config_errors(settings):
+    with pytest.raises(ValueError, match="auto_"):
+        _camera(**settings)

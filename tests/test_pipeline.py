@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -471,8 +472,10 @@ def test_reload_applies_threshold_roi_lighting_postprocess_archive_without_reope
     try:
         time.sleep(0.2)
         first = sup.current_runtime()
+        flat = tmp_path / "flat.png"  # flat_field is the lighting a station may add over a bundle trained without
+        cv2.imwrite(str(flat), np.full((96, 128), 200, np.uint8))
         new = {**base, "model": {**base["model"], "threshold": 0.8},
-               "preprocess": {"roi": [8, 4, 96, 80], "lighting": "clahe"},
+               "preprocess": {"roi": [8, 4, 96, 80], "lighting": "flat_field", "flat_field_reference": str(flat)},
                "postprocess": {"min_defect_area_px": 5, "max_defects": 3},
                "archive": {**base["archive"], "max_mb": 10.0, "sample_ok_every": 2}}
         config.write_text(yaml.safe_dump(new))
@@ -481,7 +484,7 @@ def test_reload_applies_threshold_roi_lighting_postprocess_archive_without_reope
         rt = sup.current_runtime()
         assert rt.engine is first.engine and rt.bundle.sha256 == first.bundle.sha256  # no model reload
         assert rt.generation == first.generation + 1
-        assert rt.preprocessor.roi == (8, 4, 96, 80) and rt.preprocessor.lighting == "clahe"
+        assert rt.preprocessor.roi == (8, 4, 96, 80) and rt.preprocessor.lighting == "flat_field"
         assert rt.regions.min_defect_area_px == 5 and rt.regions.max_defects == 3
         assert "archive: max_mb 2048.0 -> 10.0, sample_ok_every 0 -> 2" in msg, msg
         n = len(sup.publisher.verdicts)

@@ -174,6 +174,11 @@ class PylonSource(FrameSource):
         if cfg.gain_db is not None:
             _set(nodes, "GainAuto", "Off", "camera.gain_db", where, optional=True, quiet=True)
             _set_first(nodes, ("Gain", "GainAbs"), cfg.gain_db, "camera.gain_db", where)
+        if cfg.auto_exposure:
+            _set(nodes, "ExposureAuto", "Continuous", "camera.auto_exposure", where)
+            _set(nodes, "GainAuto", "Continuous", "camera.auto_exposure", where, optional=True)
+            if cfg.auto_target_brightness is not None:
+                self._set_brightness_target(nodes, cfg.auto_target_brightness, where)
         # FrameStart is the trigger that starts each image; other selectors stay as the camera has them.
         _set(nodes, "TriggerSelector", "FrameStart", "camera.trigger", where, optional=True)
         if self.trigger_mode == "free_run":
@@ -189,6 +194,20 @@ class PylonSource(FrameSource):
                 _set(nodes, "TriggerActivation", cfg.trigger.activation, "camera.trigger.activation", where, optional=True)
             # A frame-rate limit would delay triggered exposures; the trigger sets the pace.
             _set(nodes, "AcquisitionFrameRateEnable", False, "camera.fps", where, optional=True, quiet=True)
+
+    @staticmethod
+    def _set_brightness_target(nodes, target: float, where: str) -> None:
+        """SFNC 2 cameras (ace USB, ace 2) take AutoTargetBrightness as 0..1 of full scale; older
+        GigE cameras AutoTargetValue as an 8-bit grey value. A camera with neither cannot hold
+        the target the station asked for: that is a config error, not a warning."""
+        key = "camera.auto_target_brightness"
+        if _node(nodes, "AutoTargetBrightness") is not None:
+            _set(nodes, "AutoTargetBrightness", float(target), key, where)
+        elif _node(nodes, "AutoTargetValue") is not None:
+            _set(nodes, "AutoTargetValue", int(round(target * 255)), key, where)
+        else:
+            raise InputError(f"{key}={target:g}: {where} has neither AutoTargetBrightness nor AutoTargetValue; "
+                             f"leave it null to keep the camera's own target")
 
     # ------------------------------------------------------------------ grabbing
 

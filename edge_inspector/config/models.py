@@ -83,6 +83,15 @@ class CameraConfig(_Section):
     trigger: TriggerConfig = TriggerConfig()
     exposure_us: Optional[FiniteFloat] = Field(None, gt=0, le=10_000_000)
     gain_db: Optional[FiniteFloat] = Field(None, ge=0, le=100)
+    # Closing the light loop in the camera (issue 9): pylon's ExposureAuto/GainAuto "Continuous"
+    # keep the frame's mean at the camera's brightness target whatever the lamp does.
+    auto_exposure: bool = Field(False, description="pylon: ExposureAuto and GainAuto Continuous (not with exposure_us / gain_db)")
+    auto_target_brightness: Optional[FiniteFloat] = Field(
+        None, ge=0, le=1,
+        description="pylon: brightness target of the auto functions, 0..1 of full scale; take the training images' "
+                    "mean (model.json preprocess.train_stats.exposure.mean_luma.mean / 255); null = the camera's setting; "
+                    "used only with auto_exposure",
+    )
     pixel_format: Optional[str] = Field(None, description="pylon PixelFormat, e.g. Mono8, BayerRG8, RGB8")
     grab_timeout_ms: Integer = Field(5000, gt=0, le=3_600_000)
     reconnect_min_s: FiniteFloat = Field(0.5, gt=0, le=3600)
@@ -91,13 +100,38 @@ class CameraConfig(_Section):
     expect: FrameExpectConfig = Field(default_factory=FrameExpectConfig,
                                       description="what a frame of this station's camera looks like; anything else is an ERROR verdict")
 
+    @model_validator(mode="after")
+    def _auto_exposure_alone(self):
+        if self.auto_exposure and (self.exposure_us is not None or self.gain_db is not None):
+            raise ValueError("auto_exposure lets the camera choose exposure and gain: leave exposure_us and gain_db null")
+        return self
+
+
+class QualityConfig(_Section):
+    """Image-quality gate (preprocess/quality.py): a frame whose exposure is unusable becomes an
+    ERROR verdict ("overexposed: …" / "underexposed: …") instead of a part verdict."""
+
+    enabled: bool = True
+    saturated_level: Integer = Field(250, ge=1, le=255, description="a pixel with any channel at or above this is saturated")
+    black_level: Integer = Field(5, ge=0, le=254, description="a pixel whose luma is at or below this is black")
+    max_saturated_fraction: FiniteFloat = Field(0.6, ge=0, le=1, description="absolute limit on the saturated share of the ROI")
+    max_black_fraction: FiniteFloat = Field(0.6, ge=0, le=1, description="absolute limit on the black share of the ROI")
+    saturated_margin: FiniteFloat = Field(0.10, ge=0, le=1, description="saturated share allowed above the training images' maximum (bundle stats)")
+    black_margin: FiniteFloat = Field(0.10, ge=0, le=1, description="black share allowed above the training images' maximum (bundle stats)")
+    mean_ratio: FiniteFloat = Field(4.0, ge=1, le=100, description="mean luma more than this × the training range (or less than 1/this) is gated")
+    # Disjoint ranges, so the lower limit can never sit above the upper one.
+    min_mean: FiniteFloat = Field(2.0, ge=0, le=127, description="absolute lower limit of the mean luma")
+    max_mean: FiniteFloat = Field(250.0, ge=128, le=255, description="absolute upper limit of the mean luma")
+
 
 class PreprocessConfig(_Section):
     roi: Optional[tuple[RoiInt, RoiInt, RoiInt, RoiInt]] = Field(None, description="[x, y, w, h] in original-image pixels")
-    lighting: Literal["none", "clahe", "flat_field", "match_train"] = "none"
+    # null = the lighting the model bundle was trained with; an explicit value must match it.
+    lighting: Optional[Literal["none", "clahe", "flat_field", "match_train", "match_hist"]] = None
     flat_field_reference: Optional[Path] = None
     clahe_clip_limit: FiniteFloat = Field(2.0, gt=0, le=1000)
     clahe_tile_grid: Integer = Field(8, ge=1, le=64)
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="image-quality gate before inference")
 
     @field_validator("roi")
     @classmethod

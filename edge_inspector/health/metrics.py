@@ -49,11 +49,16 @@ class MetricsObserver(PipelineObserver):
         self.model = Info(f"{NAMESPACE}_model", "Model bundle in service", registry=r)
         self.model_swaps = Counter(f"{NAMESPACE}_model_loads", "Model bundles put in service (start and hot swaps)", registry=r)
         self.commands = Counter(f"{NAMESPACE}_commands", "Remote commands handled", ["command", "ok"], registry=r)
+        self.quality_gated = Counter(
+            f"{NAMESPACE}_quality_gated", "Frames the image-quality gate turned into ERROR verdicts", ["kind"], registry=r
+        )
         self.last_verdict_time = Gauge(f"{NAMESPACE}_last_verdict_timestamp_seconds", "Wall clock of the last verdict", registry=r)
         Info(f"{NAMESPACE}_build", "Daemon build", registry=r).info({"version": __version__, "station": station})
 
         for kind in ("OK", "NG", "ERROR"):
             self.verdicts.labels(kind)  # export zeros from the start: rate() needs a first sample
+        for kind in ("overexposed", "underexposed"):
+            self.quality_gated.labels(kind)
         self._states: dict[str, str] = {}
         self._state_lock = threading.Lock()
 
@@ -72,6 +77,9 @@ class MetricsObserver(PipelineObserver):
 
     def on_verdict(self, verdict: Any, frame: Any, anomaly_map: Any) -> None:
         self.verdicts.labels(str(getattr(verdict, "verdict", "ERROR"))).inc()
+        quality = getattr(verdict, "quality", None)
+        if quality:
+            self.quality_gated.labels(str(quality)).inc()
         ts = getattr(verdict, "ts_wall", None)
         if ts is not None:
             self.last_verdict_time.set(ts)

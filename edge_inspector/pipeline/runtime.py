@@ -13,10 +13,12 @@ from typing import Optional
 
 from edge_inspector.acquisition.expect import FrameExpectation
 from edge_inspector.config.models import Config
+from edge_inspector.errors import InputError
 from edge_inspector.inference.base import Engine
 from edge_inspector.inference.bundle import ModelBundle
 from edge_inspector.postprocess.regions import RegionSettings
 from edge_inspector.preprocess.core import Preprocessor
+from edge_inspector.preprocess.quality import QualityGate
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class ModelRuntime:
     generation: int  # 1 at start, +1 for every applied change (logs and status)
     # What a frame of this station's camera looks like; sizes may derive from this bundle's input size.
     frame_expectation: FrameExpectation
+    # Exposure limits (config) against this bundle's training images: unusable frames become ERROR.
+    quality_gate: QualityGate = QualityGate(enabled=False)
 
     @property
     def model_info(self) -> dict:
@@ -47,14 +51,31 @@ def effective_threshold(cfg: Config, bundle: ModelBundle, override: Optional[flo
     return bundle.threshold
 
 
+def effective_lighting(cfg: Config, bundle: ModelBundle) -> str:
+    """The lighting normalisation the station runs: the one the bundle was trained with.
+
+    ``preprocess.lighting: null`` (the default) takes the bundle's. An explicit value must be the
+    same, since a model sees at run time only what it saw in training; the one exception is
+    ``flat_field`` over a bundle trained without normalisation: it corrects this station's uneven
+    field toward the even light the training images were taken under."""
+    recorded = str((bundle.meta.get("preprocess") or {}).get("lighting") or "none")
+    wanted = cfg.preprocess.lighting
+    if wanted is None or wanted == recorded or (wanted == "flat_field" and recorded == "none"):
+        return recorded if wanted is None else wanted
+    raise InputError(
+        f"preprocess.lighting={wanted} does not match the model bundle's lighting '{recorded}' "
+        f"({bundle.directory / 'model.json'}); set preprocess.lighting: {recorded}, or null to follow the bundle"
+    )
+
+
 def build_preprocessor(cfg: Config, bundle: ModelBundle) -> Preprocessor:
-    """Raises InputError for settings that cannot work with this bundle (e.g. match_train
-    lighting with a bundle that recorded no training statistics)."""
+    """Raises InputError for settings that cannot work with this bundle (a lighting other than the
+    bundle's, or one needing training statistics the bundle does not record)."""
     pre = cfg.preprocess
     return Preprocessor(
         bundle.image_size,
         roi=pre.roi,
-        lighting=pre.lighting,
+        lighting=effective_lighting(cfg, bundle),
         flat_field_reference=pre.flat_field_reference,
         clahe_clip_limit=pre.clahe_clip_limit,
         clahe_tile_grid=pre.clahe_tile_grid,
@@ -82,6 +103,7 @@ def build_runtime(
         regions=build_region_settings(cfg, effective_threshold(cfg, bundle, threshold_override)),
         generation=generation,
         frame_expectation=FrameExpectation.from_config(cfg.camera.expect, bundle.image_size),
+        quality_gate=QualityGate.from_settings(cfg.preprocess.quality, bundle.meta.get("preprocess"), cfg.preprocess.roi),
     )
 
 

@@ -53,6 +53,7 @@ class WorkItem:
     anomaly_map: Optional[np.ndarray] = None
     score: Optional[float] = None
     error: Optional[str] = None  # set by the first stage that fails; later stages pass it on
+    quality: Optional[str] = None  # "overexposed" / "underexposed" when the quality gate took the frame out
     verdict: Optional[Verdict] = None
     timings_ms: dict = field(default_factory=dict)
 
@@ -103,6 +104,7 @@ class Pipeline:
         self.publish_failures = 0
         self.verdicts_lost = 0  # verdicts given up at shutdown because the outbox could not store them
         self.verdict_counts = {"OK": 0, "NG": 0, "ERROR": 0}
+        self.quality_gated = {"overexposed": 0, "underexposed": 0}  # ERROR verdicts from the quality gate
         self.last_image: Optional[np.ndarray] = None
         self.last_seq: Optional[int] = None
         self._published_at: collections.deque = collections.deque(maxlen=256)  # monotonic times, for fps
@@ -240,6 +242,11 @@ class Pipeline:
                 item.error = frame.error or f"{where}: grab failed (no image)"
             elif (odd := runtime.frame_expectation.problem(frame.image)) is not None:
                 item.error = f"{where}: {odd}"  # not this station's camera's frame: no score can be trusted
+            elif (gated := runtime.quality_gate.check(frame.image)) is not None:
+                item.quality, reason = gated  # exposure unusable: not a part verdict (preprocess/quality.py)
+                item.error = f"{reason} ({where})"
+                with self._counts_lock:
+                    self.quality_gated[item.quality] = self.quality_gated.get(item.quality, 0) + 1
             else:
                 try:
                     item.tensor, item.geometry = runtime.preprocessor.prepare(frame.image)
@@ -309,6 +316,7 @@ class Pipeline:
                     item.error = f"postprocess failed ({exc.__class__.__name__}: {exc})"
             if item.error is not None:
                 item.verdict = error_verdict(frame.frame_id, frame.ts_wall, frame.ts_grab, item.error, threshold)
+                item.verdict.quality = item.quality
             verdict = item.verdict
             verdict.model = runtime.model_info if runtime is not None else None
             self._timed(item, "postprocess", t0)

@@ -39,3 +39,6 @@ class Verdict:
     # {"name", "sha256"} of the model generation that scored this frame (None = the publisher's
     # default). Set per verdict because a hot swap changes the model between two frames.
     model: Optional[dict] = None
+    # "overexposed" / "underexposed" when the image-quality gate took the frame out (ERROR verdict;
+    # the result's ``error`` starts with the same word). Counted in metrics and health.
+    quality: Optional[str] = None

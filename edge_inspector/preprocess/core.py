@@ -11,7 +11,7 @@ import numpy as np
 
 from edge_inspector.errors import InputError
 
-Lighting = Literal["none", "clahe", "flat_field", "match_train"]
+Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist"]
 
 # EfficientNet-Lite weights were trained on TF-style inputs: (x - 127) / 128. Measured 4-7 AUROC
 # points better than ImageNet mean/std on these weights.
@@ -107,6 +107,14 @@ class Preprocessor:
         self.train_stats = train_stats
         if lighting == "match_train" and not train_stats:
             raise InputError("lighting 'match_train' needs training-set statistics from the model bundle (model.json: preprocess.train_stats)")
+        # match_hist: the training images' luma percentiles (exposure_stats in preprocess/quality.py).
+        self._train_percentiles = None
+        if lighting == "match_hist":
+            percentiles = ((train_stats or {}).get("exposure") or {}).get("luma_percentiles")
+            if not percentiles or len(percentiles) != 101:
+                raise InputError("lighting 'match_hist' needs the training images' luma percentiles from the model bundle "
+                                 "(model.json: preprocess.train_stats.exposure.luma_percentiles; retrain with this version)")
+            self._train_percentiles = np.asarray(percentiles, dtype=np.float64)
 
     # -- geometry -------------------------------------------------------------------------
     def _crop(self, img: np.ndarray) -> tuple[np.ndarray, Geometry]:
@@ -137,6 +145,45 @@ class Preprocessor:
         cur_std = f.std(axis=(0, 1), keepdims=True) + 1e-3
         return np.clip((f - cur_mean) / cur_std * std + mean, 0, 255).astype(np.uint8)
 
+    @staticmethod
+    def _level(img: np.ndarray) -> np.ndarray:
+        """Divide out the frame's first-order illumination field: a least-squares plane
+        a + b·x + c·y fitted to the luma, applied as the factor 1 + (b·x + c·y)/a. A lamp to one
+        side gives such a ramp; a part centred in the frame contributes almost no slope of its
+        own, so an evenly lit frame comes out nearly unchanged."""
+        h, w = img.shape[:2]
+        step = max(1, int(np.ceil(max(h, w) / 128)))
+        luma = cv2.cvtColor(np.ascontiguousarray(img[::step, ::step]), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        sh, sw = luma.shape
+        ys, xs = np.mgrid[0:sh, 0:sw].astype(np.float32)
+        xs = (xs * step + 0.5) / w - 0.5
+        ys = (ys * step + 0.5) / h - 0.5
+        design = np.stack([np.ones(luma.size, np.float32), xs.ravel(), ys.ravel()], axis=1)
+        (a, b, c), *_ = np.linalg.lstsq(design, luma.ravel(), rcond=None)
+        if a < 1.0:  # a black frame has no illumination to level (the quality gate names it)
+            return img
+        x = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
+        y = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
+        inverse = 1.0 / np.clip(1.0 + (b * x[None, :] + c * y[:, None]) / a, 0.25, 4.0)
+        return cv2.multiply(img, cv2.merge([inverse.astype(np.float32)] * 3), dtype=cv2.CV_8U)  # saturating
+
+    def _match_hist(self, img: np.ndarray) -> np.ndarray:
+        """Level the first-order illumination slope (``_level``), then one tone curve (the same
+        LUT on every channel) that maps the frame's luma percentiles onto the training images':
+        undoes a smooth gradient and any global monotonic change of light (gain, gamma, offset)
+        up to clipping, keeps colour ratios, and leaves local structure alone."""
+        img = self._level(img)
+        step = max(1, int(np.ceil(max(img.shape[:2]) / 256)))
+        sample = img[::step, ::step]
+        luma = cv2.cvtColor(np.ascontiguousarray(sample), cv2.COLOR_BGR2GRAY)
+        levels = np.linspace(0.0, 100.0, 101)
+        # Each grey level's percentile position in this frame (mid-rank of its histogram bin).
+        counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
+        cdf = np.cumsum(counts)
+        position = 100.0 * (cdf - 0.5 * counts) / cdf[-1]
+        lut = np.interp(position, levels, self._train_percentiles)
+        return cv2.LUT(img, np.clip(np.rint(lut), 0, 255).astype(np.uint8))
+
     def normalise_lighting(self, bgr: np.ndarray) -> np.ndarray:
         if self.lighting == "none":
             return bgr
@@ -148,6 +195,8 @@ class Preprocessor:
             return self._flat_field(bgr)
         if self.lighting == "match_train":
             return self._match_train(bgr)
+        if self.lighting == "match_hist":
+            return self._match_hist(bgr)
         raise InputError(f"unknown lighting normalisation '{self.lighting}'")
 
     # -- main entry -----------------------------------------------------------------------

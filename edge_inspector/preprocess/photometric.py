@@ -1,9 +1,12 @@
-"""Photometric perturbations: training augmentation and the strong-light robustness check.
+"""Photometric perturbations: training augmentation, the strong-light robustness check and the
+light-stress conditions of benchmarks/light_benchmark.py.
 
-Both act on H×W×3 uint8 images (BGR or RGB: they treat channels alike).
+All act on H×W or H×W×3 uint8 images (BGR or RGB: they treat channels alike).
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -54,3 +57,94 @@ def random_photometric(img: np.ndarray, rng: np.random.Generator, strength: floa
             rng.uniform(0.2, 0.7),
         )
     return out
+
+
+# -- the light-stress conditions (benchmarks/light_benchmark.py, tests) ---------------------------
+# Each primitive is one physical effect on an H×W or H×W×3 uint8 frame. ``LightCondition.apply``
+# chains them in the order light reaches the sensor: the illumination level (gain), its spatial
+# shape (gradient), a stray reflection (highlight), then the camera's own response: black-level
+# offset and tone curve (gamma).
+
+
+def apply_gain(img: np.ndarray, gain: float) -> np.ndarray:
+    """More or less light on the whole scene (lamp ageing, exposure time): every pixel × gain."""
+    return np.clip(img.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def apply_gamma(img: np.ndarray, gamma: float) -> np.ndarray:
+    """Tone curve 255·(x/255)^gamma: < 1 lifts the shadows, > 1 darkens them."""
+    return _gamma(img, gamma)
+
+
+def apply_offset(img: np.ndarray, offset: float) -> np.ndarray:
+    """Black-level shift (ambient light, camera black level): + offset grey levels everywhere."""
+    return np.clip(img.astype(np.float32) + offset, 0, 255).astype(np.uint8)
+
+
+def apply_gradient(img: np.ndarray, strength: float, angle_deg: float = 0.0) -> np.ndarray:
+    """Smooth illumination ramp (a lamp to one side, sun through a skylight): the frame is
+    multiplied by 1 − strength at one edge rising linearly to 1 + strength at the opposite edge,
+    along ``angle_deg`` (0 = left → right, 90 = top → bottom)."""
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = np.deg2rad(angle_deg)
+    proj = (xx / max(w - 1, 1) - 0.5) * np.cos(a) + (yy / max(h - 1, 1) - 0.5) * np.sin(a)
+    proj /= max(abs(np.cos(a)), abs(np.sin(a))) * 0.5 + 1e-9  # −1 … +1 edge to edge
+    field = 1.0 + strength * proj
+    if img.ndim == 3:
+        field = field[..., None]
+    return np.clip(img.astype(np.float32) * field, 0, 255).astype(np.uint8)
+
+
+def apply_highlight(img: np.ndarray, cx: float, cy: float, radius_frac: float, add_grey: float) -> np.ndarray:
+    """A specular reflection: a Gaussian spot adding ``add_grey`` grey levels at its centre
+    (cx, cy as fractions of width/height), standard deviation ``radius_frac`` of the frame's
+    short side."""
+    h, w = img.shape[:2]
+    return _specular_blob(img, cx * w, cy * h, radius_frac * min(h, w), add_grey / 255.0)
+
+
+@dataclass(frozen=True)
+class LightCondition:
+    """One cell of the light-stress grid. Neutral values leave the frame unchanged.
+
+    The highlight's position is drawn per image from ``seed`` and the image index (centre within
+    the middle 60 % of the frame, where the part is), so a grid run is reproducible and every image
+    gets its own reflection."""
+
+    name: str
+    gain: float = 1.0
+    gamma: float = 1.0
+    offset: float = 0.0
+    gradient: float = 0.0
+    gradient_angle_deg: float = 0.0
+    highlight_radius: float = 0.0  # fraction of the short side; 0 = no highlight
+    highlight_add: float = 0.0  # grey levels at the highlight's centre
+    seed: int = 0
+
+    @property
+    def is_clean(self) -> bool:
+        return self == LightCondition(self.name, seed=self.seed)
+
+    @property
+    def has_highlight(self) -> bool:
+        return self.highlight_radius > 0 and self.highlight_add > 0
+
+    def apply(self, img: np.ndarray, index: int = 0) -> np.ndarray:
+        out = img
+        if self.gain != 1.0:
+            out = apply_gain(out, self.gain)
+        if self.gradient:
+            out = apply_gradient(out, self.gradient, self.gradient_angle_deg)
+        if self.has_highlight:
+            rng = np.random.default_rng([self.seed, index])
+            cx, cy = rng.uniform(0.2, 0.8, size=2)
+            out = apply_highlight(out, float(cx), float(cy), self.highlight_radius, self.highlight_add)
+        if self.offset:
+            out = apply_offset(out, self.offset)
+        if self.gamma != 1.0:
+            out = apply_gamma(out, self.gamma)
+        return out
+
+    def describe(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "name"}

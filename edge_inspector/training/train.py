@@ -38,7 +38,8 @@ from edge_inspector.datasets import fingerprint, list_test_items, load_images, l
 from edge_inspector.errors import InputError
 from edge_inspector.inference.bundle import io_spec, write_meta
 from edge_inspector.logging import get_logger
-from edge_inspector.preprocess import Preprocessor, random_photometric
+from edge_inspector.preprocess import Preprocessor, random_photometric, to_bgr_uint8
+from edge_inspector.preprocess.quality import exposure_stats
 from edge_inspector.training.backbone import BACKBONE_NAME, DEFAULT_TAPS, FeatureExtractor
 from edge_inspector.training.calibrate import f1_threshold, far_threshold
 from edge_inspector.training.fusion import full_weights, select_fusion_weights
@@ -458,8 +459,8 @@ def _check_settings(settings: TrainSettings) -> None:
         raise InputError(f"--image-size {settings.image_size} must be a multiple of 8 and ≥ 32")
     if not 0.0 < settings.far_target < 1.0:
         raise InputError(f"--far-target {settings.far_target} must be between 0 and 1 (exclusive)")
-    if settings.lighting not in ("none", "clahe", "match_train"):
-        raise InputError(f"--lighting {settings.lighting}: use none, clahe or match_train")
+    if settings.lighting not in ("none", "clahe", "match_train", "match_hist"):
+        raise InputError(f"--lighting {settings.lighting}: use none, clahe, match_train or match_hist")
     if settings.knn_features not in KNN_FEATURES:
         raise InputError(f"knn_features {settings.knn_features!r}: use {' or '.join(KNN_FEATURES)}")
     if settings.fusion_ae_weight is not None and not 0.0 <= settings.fusion_ae_weight <= 1.0:
@@ -521,6 +522,8 @@ def prepare_data(data_dir: Path, settings: TrainSettings, backbone) -> TrainingD
         log.warning("no hold-out images: calibrating on training images (threshold will be optimistic)", n_images=len(images))
         hold_idx = train_idx
     train_stats = bgr_channel_stats(images)
+    # Exposure figures of train/good for the station's image-quality gate (preprocess/quality.py).
+    train_stats["exposure"] = exposure_stats(to_bgr_uint8(img) for img in images)
     pre = Preprocessor(settings.image_size, lighting=settings.lighting, train_stats=train_stats)
     log.info("training data", n_images=len(images), n_train=int(train_idx.size), n_holdout=int(hold_idx.size),
              image_size=settings.image_size, augmented_copies=settings.augmented_copies)

@@ -1,0 +1,86 @@
+"""benchmarks/light_benchmark.py on a hand-made MVTec-layout folder and the tiny bundle: the
+figures are those of the station's path, and gated frames are reported apart from FAR/recall."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+
+from benchmarks import light_benchmark as lb
+from edge_inspector.preprocess.quality import exposure_stats
+from tests.helpers.tiny_bundle import make_tiny_bundle
+
+
+def _dataset(root, value: int):
+    good, bad = root / "mvtec_ad" / "bottle" / "test" / "good", root / "mvtec_ad" / "bottle" / "test" / "dent"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(good / f"{i:03d}.png"), np.full((96, 96), value, np.uint8))
+        img = np.full((96, 96), value, np.uint8)
+        img[40:56, 40:56] = 0  # dark spot: the tiny bundle scores |x| ≈ 1 there
+        cv2.imwrite(str(bad / f"{i:03d}.png"), img)
+
+
+def test_benchmark_reports_far_recall_and_gated_frames_apart(tmp_path, monkeypatch):
+    _dataset(tmp_path / "data", 127)
+    train = {"mean": [127.0] * 3, "std": [1.0] * 3, "exposure": exposure_stats([np.full((96, 96), 127, np.uint8)])}
+    model = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.5, preprocess={"lighting": "none", "train_stats": train})
+    monkeypatch.setenv("EDGE_INSPECTOR_DATASETS", str(tmp_path / "data"))
+    out = tmp_path / "light.json"
+    rc = lb.main(["--model", f"bottle={model}", "--conditions", "gain x1.2,gain x0.6,gamma 0.5,offset +30", "--threads", "1",
+                  "--json", str(out), "--quiet"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    ds = result["datasets"]["bottle"]
+    assert ds["model"]["has_exposure_stats"] and ds["n_good"] == 3 and ds["n_defective"] == 3
+    rows = {r["condition"]: r for r in ds["lighting"]["none"]["conditions"]}
+    assert list(rows) == ["clean", "gain x0.6", "gain x1.2", "gamma 0.5", "offset +30"]  # grid order, clean first
+    assert rows["clean"]["far"] == 0.0 and rows["clean"]["recall"] == 1.0 and rows["clean"]["auroc"] == 1.0
+    # gain 1.2: 127 → 152, |x| ≈ 0.19: still OK; the dark spot still NG
+    assert rows["gain x1.2"]["far"] == 0.0 and rows["gain x1.2"]["recall"] == 1.0
+    # gamma 0.5: 127 → 180 is 1.4× the training mean (< mean_ratio 2.5): not gated, scored 0.41 < 0.5
+    assert rows["gamma 0.5"]["gated_good"] == 0.0
+    # offset +30 on the tiny |x| model: 157 → 0.24, still OK; the defect's spot becomes 30 → still NG
+    assert rows["offset +30"]["recall"] == 1.0
+    assert ds["lighting"]["none"]["summary"]["clean_auroc"] == 1.0
+    assert ds["lighting"]["none"]["prepare_ms_median"] > 0
+
+
+def test_gated_frames_are_never_counted_as_ok(tmp_path, monkeypatch):
+    _dataset(tmp_path / "data", 200)
+    train = {"mean": [200.0] * 3, "std": [1.0] * 3, "exposure": exposure_stats([np.full((96, 96), 200, np.uint8)])}
+    model = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.9, preprocess={"lighting": "none", "train_stats": train})
+    monkeypatch.setenv("EDGE_INSPECTOR_DATASETS", str(tmp_path / "data"))
+    out = tmp_path / "light.json"
+    assert lb.main(["--model", f"bottle={model}", "--conditions", "gain x1.4", "--threads", "1", "--json", str(out), "--quiet"]) == 0
+    row = json.loads(out.read_text())["datasets"]["bottle"]["lighting"]["none"]["conditions"][1]
+    # 200 × 1.4 saturates every good frame: all gated (overexposed), so FAR has no frames to count
+    assert row["gated_good"] == 1.0 and row["gated_by_kind"]["overexposed"]["good"] == 3
+    assert row["far"] is None
+    assert row["gated_defective"] == 1.0 and row["recall"] is None  # nor as NG
+    assert row["auroc"] is not None  # every frame is still scored for the AUROC column
+
+
+def test_bad_model_argument_is_exit_2(capsys):
+    assert lb.main(["--model", "nosuchset=/tmp/x"]) == 2
+    assert "DATASET=MODEL_DIR" in capsys.readouterr().err
+
+
+def test_combine_and_markdown_read_every_figure_from_the_json(tmp_path, monkeypatch, capsys):
+    _dataset(tmp_path / "data", 127)
+    model = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.5)
+    monkeypatch.setenv("EDGE_INSPECTOR_DATASETS", str(tmp_path / "data"))
+    run = tmp_path / "run.json"
+    assert lb.main(["--model", f"bottle={model}", "--conditions", "gain x1.2", "--threads", "1", "--json", str(run), "--quiet"]) == 0
+    combined = tmp_path / "combined.json"
+    assert lb.main(["--combine", str(run), "--json", str(combined)]) == 0
+    doc = json.loads(combined.read_text())
+    assert list(doc["datasets"]["bottle"]) == ["default, trained with lighting none"]
+    capsys.readouterr()
+    assert lb.main(["--markdown", str(combined)]) == 0
+    text = capsys.readouterr().out
+    assert "| bottle | `tiny-default` (default, trained with lighting none) | none |" in text
+    assert "| gain x1.2 ✱ | 0 / 100 / 0 / 1.000 |" in text

@@ -1,0 +1,254 @@
+"""Image-quality gate (preprocess/quality.py), the light-stress transforms (preprocess/photometric.py)
+and one daemon run: a saturated frame from a folder camera ends as an ERROR result naming overexposure."""
+
+from __future__ import annotations
+
+import signal
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_inspector.config.models import QualityConfig
+from edge_inspector.health.metrics import MetricsObserver
+from edge_inspector.postprocess.verdict import Verdict
+from edge_inspector.preprocess.photometric import LightCondition, apply_gradient, apply_highlight
+from edge_inspector.preprocess.quality import QualityGate, exposure_stats, measure
+from edge_inspector.publish.payload import parse_plc, parse_result
+from tests.helpers.station import Subscriber, start_daemon, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.tiny_bundle import make_tiny_bundle
+
+
+def _gate(exposure=None, train_mean=None, roi=None, **limits) -> QualityGate:
+    stats = None
+    if exposure is not None or train_mean is not None:
+        stats = {"mean": [train_mean] * 3 if train_mean is not None else [100.0] * 3, "std": [20.0] * 3}
+        if exposure is not None:
+            stats["exposure"] = exposure
+    return QualityGate.from_settings(QualityConfig(**limits), {"lighting": "none", "train_stats": stats}, roi)
+
+
+def _grey(value: int, shape=(120, 160)) -> np.ndarray:
+    return np.full(shape, value, np.uint8)
+
+
+def test_measure_counts_saturated_and_black_pixels():
+    img = _grey(100, (200, 200))
+    img[:50] = 255  # a quarter saturated
+    img[150:] = 0  # a quarter black
+    e = measure(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+    assert e.saturated_fraction == pytest.approx(0.25, abs=0.01)
+    assert e.black_fraction == pytest.approx(0.25, abs=0.01)
+    assert e.mean_luma == pytest.approx((255 * 50 + 100 * 100) / 200, abs=1.0)
+
+
+def test_one_saturated_channel_counts_as_saturated():
+    img = np.full((64, 64, 3), 80, np.uint8)
+    img[:, :32, 2] = 255  # red channel clipped on half the frame
+    assert measure(img).saturated_fraction == pytest.approx(0.5, abs=0.02)
+
+
+def test_exposure_stats_of_training_images():
+    stats = exposure_stats([_grey(90), _grey(110)])
+    assert stats["mean_luma"] == {"min": 90.0, "max": 110.0, "mean": 100.0}
+    assert stats["saturated_fraction_max"] == 0 and stats["black_fraction_max"] == 0 and stats["n_images"] == 2
+
+
+def test_gate_against_bundle_exposure_stats():
+    exposure = exposure_stats([_grey(90), _grey(110)])
+    gate = _gate(exposure)
+    assert gate.check(_grey(100)) is None
+    assert gate.check(_grey(200)) is None  # brighter than training, nothing clipped: the normalisation's job
+    kind, reason = gate.check(_grey(255))
+    assert kind == "overexposed" and reason.startswith("overexposed: 100.0% of pixels saturated")
+    assert "saturated_margin" in reason
+    # a highlight: 15 % of the frame saturated, more than the training images' 0 % + 10 %
+    spot = _grey(100)
+    spot[:18] = 255
+    assert gate.check(spot)[0] == "overexposed"
+    kind, reason = gate.check(_grey(0))
+    assert kind == "underexposed" and reason.startswith("underexposed: 100.0% of pixels black") and "\n" not in reason
+    assert gate.check(_grey(30)) is None  # 30 × 4 > 90
+    kind, reason = gate.check(_grey(20))  # 20 × 4 < 90
+    assert kind == "underexposed" and "mean_ratio" in reason
+    assert gate.check(_grey(245)) is None  # the ratio's upper bound (4 × 110) lies above max_mean
+    kind, reason = gate.check(_grey(252))
+    assert kind == "overexposed"  # (saturated first: 252 ≥ saturated_level)
+
+
+def test_gate_allows_what_training_images_already_had():
+    """A bright scene whose training images were 40 % saturated (the bottle's white background)."""
+    train = _grey(120)
+    train[:48] = 255
+    gate = _gate(exposure_stats([train]))
+    assert gate.check(train) is None
+    brighter = train.copy()
+    brighter[48:66] = 255  # 55 %: 15 points more than the training images' 40 % (margin 10)
+    assert gate.check(brighter)[0] == "overexposed"
+
+
+def test_gate_without_exposure_stats_uses_train_mean_and_absolute_limits():
+    gate = _gate(train_mean=20.0)  # a dark scene (the tire): its mean from train_stats
+    assert gate.check(_grey(60)) is None
+    kind, reason = gate.check(_grey(90))
+    assert kind == "overexposed" and "mean_ratio=4" in reason
+    bare = _gate()  # no training statistics at all: absolute limits only
+    assert bare.check(_grey(60)) is None and bare.check(_grey(1))[0] == "underexposed"
+    half = _grey(100)
+    half[:80] = 255  # 67 % saturated
+    assert bare.check(half)[0] == "overexposed" and "max_saturated_fraction" in bare.check(half)[1]
+
+
+def test_gate_looks_at_the_roi_and_can_be_disabled():
+    img = _grey(255)
+    img[20:60, 20:60] = 100
+    gate = _gate(exposure_stats([_grey(100)]), roi=(20, 20, 40, 40))
+    assert gate.check(img) is None
+    assert _gate(exposure_stats([_grey(100)])).check(img)[0] == "overexposed"
+    assert _gate(exposure_stats([_grey(100)]), enabled=False).check(_grey(255)) is None
+
+
+def test_metrics_count_gated_frames():
+    metrics = MetricsObserver()
+    v = Verdict("f1", "ERROR", None, 1.0, 0.0, 0.0, error="overexposed: x", quality="overexposed")
+    metrics.on_verdict(v, None, None)
+    metrics.on_verdict(Verdict("f2", "OK", 0.1, 1.0, 0.0, 0.0), None, None)
+    get = metrics.registry.get_sample_value
+    assert get("edge_inspector_quality_gated_total", {"kind": "overexposed"}) == 1
+    assert get("edge_inspector_quality_gated_total", {"kind": "underexposed"}) == 0
+
+
+# -- light-stress transforms ---------------------------------------------------------------------
+
+def test_light_condition_clean_is_identity_and_gain_gamma_act():
+    img = (np.random.default_rng(0).random((40, 50, 3)) * 200).astype(np.uint8)
+    assert np.array_equal(LightCondition("clean").apply(img), img)
+    assert LightCondition("clean").is_clean and not LightCondition("g", gain=1.2).is_clean
+    assert LightCondition("g", gain=1.2).apply(img).mean() > img.mean() * 1.15
+    assert LightCondition("y", gamma=0.6).apply(img).mean() > img.mean()
+    assert LightCondition("o", offset=-30).apply(img).mean() < img.mean() - 25
+
+
+def test_gradient_ramps_from_one_edge_to_the_other():
+    out = apply_gradient(_grey(100, (50, 101)), 0.4)
+    assert out[:, 0].mean() == pytest.approx(60, abs=1) and out[:, -1].mean() == pytest.approx(140, abs=1)
+    vertical = apply_gradient(_grey(100, (101, 50)), 0.4, angle_deg=90)
+    assert vertical[0].mean() == pytest.approx(60, abs=1) and vertical[-1].mean() == pytest.approx(140, abs=1)
+
+
+def test_highlight_adds_its_grey_levels_at_the_centre_and_is_reproducible():
+    out = apply_highlight(_grey(50, (100, 100)), 0.5, 0.5, 0.1, 100)
+    assert out[50, 50] == 150 and out[0, 0] == 50
+    cond = LightCondition("h", highlight_radius=0.08, highlight_add=100, seed=3)
+    img = _grey(50, (100, 120))
+    assert np.array_equal(cond.apply(img, 7), cond.apply(img, 7))
+    assert not np.array_equal(cond.apply(img, 7), cond.apply(img, 8))  # each image its own spot
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+def test_daemon_turns_a_saturated_frame_into_an_overexposed_error(tmp_path, mosquitto):
+    images = tmp_path / "images"
+    write_parts(images, 12, defect_every=0)  # mid-grey parts (127); 9 of them after the bad two
+    cv2.imwrite(str(images / "part_0001a_saturated.png"), np.full((96, 128), 255, np.uint8))
+    cv2.imwrite(str(images / "part_0002a_black.png"), np.zeros((96, 128), np.uint8))
+    train = {"mean": [127.0] * 3, "std": [1.0] * 3, "exposure": exposure_stats([np.full((96, 128), 127, np.uint8)])}
+    model_dir = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.5,
+                                 preprocess={"lighting": "none", "train_stats": train})
+    # 10 fps, health every 0.2 s: several health messages go out after the two bad frames
+    cfg = station_config(tmp_path, mosquitto.port, model_dir, images, camera={"fps": 10.0},
+                         mqtt={**station_config(tmp_path, 0, model_dir, images)["mqtt"], "port": mosquitto.port, "health_interval_s": 0.2})
+    config = write_config(tmp_path / "station.yaml", cfg)
+    sub = Subscriber(mosquitto.port)
+    proc = None
+    try:
+        proc = start_daemon(config)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        sub.wait_for(lambda: len(sub.results_by_seq()) >= 14 and len(sub.payloads("plc")) >= 14, 10, "14 results")
+        results = {r["frame_id"].rsplit("-", 1)[0]: r for r in (parse_result(p) for p, _ in sub.raw("result"))}
+        sat, black = results["part_0001a_saturated"], results["part_0002a_black"]
+        assert sat["verdict"] == "ERROR" and sat["error"].startswith("overexposed: 100.0% of pixels saturated")
+        assert "part_0001a_saturated.png" in sat["error"]
+        assert black["verdict"] == "ERROR" and black["error"].startswith("underexposed:")
+        assert sorted(r["verdict"] for r in results.values()) == ["ERROR"] * 2 + ["OK"] * 12
+        assert [parse_plc(p)["res"] for p, _ in sub.raw("plc")].count(3) == 2
+        gated = [(h["counters"]["gated_overexposed"], h["counters"]["gated_underexposed"]) for h in sub.payloads("health")]
+        assert gated and gated[0] <= gated[-1] and (1, 1) in gated, gated  # counted once each, never more
+        assert all(o <= 1 and u <= 1 for o, u in gated), gated
+    finally:
+        sub.close()
+        if proc is not None and proc.poll() is None:
+            stop_daemon(proc, signal.SIGKILL)
+
+
+# -- lighting: config and bundle agree -------------------------------------------------------------
+
+def _cfg_and_bundle(tmp_path, config_lighting, bundle_lighting):
+    from edge_inspector.config.models import Config
+    from edge_inspector.inference.bundle import load_bundle
+
+    flat = tmp_path / "flat.png"
+    cv2.imwrite(str(flat), np.full((32, 32), 200, np.uint8))
+    pre = {} if config_lighting is None else {"lighting": config_lighting, "flat_field_reference": str(flat)}
+    cfg = Config.model_validate({"station": {"line": "l", "name": "s"}, "preprocess": pre})
+    bundle = load_bundle(make_tiny_bundle(tmp_path / f"m_{bundle_lighting}", image_size=64,
+                                          preprocess={"lighting": bundle_lighting, "train_stats": None}))
+    return cfg, bundle
+
+
+@pytest.mark.parametrize("config_lighting, bundle_lighting, runs", [
+    (None, "none", "none"), (None, "clahe", "clahe"), ("clahe", "clahe", "clahe"), ("flat_field", "none", "flat_field"),
+])
+def test_station_runs_the_bundles_lighting(tmp_path, config_lighting, bundle_lighting, runs):
+    from edge_inspector.pipeline.runtime import build_preprocessor
+
+    cfg, bundle = _cfg_and_bundle(tmp_path, config_lighting, bundle_lighting)
+    assert build_preprocessor(cfg, bundle).lighting == runs
+
+
+@pytest.mark.parametrize("config_lighting, bundle_lighting", [("clahe", "none"), ("none", "match_hist"), ("flat_field", "clahe")])
+def test_lighting_mismatch_between_config_and_bundle_is_one_line_error(tmp_path, config_lighting, bundle_lighting):
+    from edge_inspector.errors import InputError
+    from edge_inspector.pipeline.runtime import build_preprocessor
+
+    cfg, bundle = _cfg_and_bundle(tmp_path, config_lighting, bundle_lighting)
+    with pytest.raises(InputError) as err:
+        build_preprocessor(cfg, bundle)
+    msg = str(err.value)
+    assert msg.startswith(f"preprocess.lighting={config_lighting} does not match the model bundle's lighting '{bundle_lighting}'")
+    assert "model.json" in msg and "\n" not in msg
+
+
+def test_match_hist_undoes_global_light_changes():
+    from edge_inspector.preprocess.core import Preprocessor
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur((rng.random((120, 160, 3)) * 160 + 40).astype(np.uint8), (5, 5), 0)
+    stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats([img])}
+    matched, plain = Preprocessor(64, lighting="match_hist", train_stats=stats), Preprocessor(64)
+    ref = matched.prepare_rgb(img)[0].astype(np.float32)
+    for cond in (LightCondition("g", gain=1.3), LightCondition("y", gamma=0.6), LightCondition("o", offset=-30),
+                 LightCondition("d", gradient=0.3, gradient_angle_deg=30.0)):
+        moved = cond.apply(img)
+        assert np.abs(matched.prepare_rgb(moved)[0] - ref).mean() < 3.0
+        assert np.abs(plain.prepare_rgb(moved)[0] - plain.prepare_rgb(img)[0].astype(np.float32)).mean() > 10.0
+
+
+def test_match_hist_needs_the_bundles_percentiles():
+    from edge_inspector.errors import InputError
+    from edge_inspector.preprocess.core import Preprocessor
+
+    with pytest.raises(InputError, match="luma_percentiles"):
+        Preprocessor(64, lighting="match_hist", train_stats={"mean": [1, 1, 1], "std": [1, 1, 1]})
+
+
+def test_levelling_removes_a_ramp_and_leaves_an_even_frame_alone():
+    from edge_inspector.preprocess.core import Preprocessor
+
+    rng = np.random.default_rng(1)
+    even = cv2.GaussianBlur((rng.random((90, 120, 3)) * 100 + 80).astype(np.uint8), (7, 7), 0)
+    assert np.abs(Preprocessor._level(even).astype(np.float32) - even).mean() < 1.0
+    ramped = apply_gradient(even, 0.3, 30.0)
+    assert np.abs(ramped.astype(np.float32) - even).mean() > 10
+    assert np.abs(Preprocessor._level(ramped).astype(np.float32) - even).mean() < 4.0
