@@ -21,7 +21,7 @@ from edge_inspector.training.calibrate import f1_threshold, far_threshold  # noq
 from edge_inspector.training.knn import KnnScorer, greedy_coreset  # noqa: E402
 from edge_inspector.training.mdaae import MdaaeConfig  # noqa: E402
 from edge_inspector.training.sagan import frechet_distance  # noqa: E402
-from edge_inspector.training.train import TrainSettings, train_autoencoder, train_bundle  # noqa: E402
+from edge_inspector.training.train import TrainSettings, train_bundle  # noqa: E402
 
 SIZE = 64
 

@@ -1,0 +1,123 @@
+"""Training loop of the self-attention GAN scorer on cached standardised features (sagan.py).
+
+Per step, on a mini-batch of cached images (all levels on the 32² grid):
+  1. D step: the adaptor + discriminator learn real maps → normal, and two kinds of negatives →
+     anomalous inside a random blob: Gaussian-perturbed adapted features (SimpleNet's base) and the
+     generator's perturbations (detached).
+  2. G step: the generator, non-saturating loss, learns perturbations D calls normal.
+The generator's norm band makes the game stable by construction (it cannot win by producing
+normal features, nor escape to trivial ones); the discriminator is not spectrally normalised
+because it is not asked to be a smooth critic: it is the scorer.
+
+Convergence: every ``iterations / curve_points`` steps, the Fréchet distance between the
+generator's pseudo-anomalous features and the real adapted features of the held-out good images
+(and the two losses) is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from edge_inspector.training.sagan import (
+    FrechetReference,
+    GanConfig,
+    GanScorer,
+    PerturbationGenerator,
+    blob_masks,
+    discriminator_loss,
+    generator_loss,
+)
+from edge_inspector.training.scoring import concat_levels
+from edge_inspector.training.settings import TrainSettings
+
+MASK_BANK = 512  # blob masks drawn once per run (a quantile per mask is too slow per step)
+FRECHET_SAMPLES = 4000
+
+
+def _radius(config: GanConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    lo, hi = config.generator_norm
+    scale = config.sigma * config.adapted_channels**0.5
+    return scale * torch.empty(n, 1, 1, 1).uniform_(lo, hi, generator=generator)
+
+
+@torch.no_grad()
+def _frechet_point(scorer: GanScorer, gen: PerturbationGenerator, hold: torch.Tensor, reference: FrechetReference,
+                   pick: torch.Tensor, generator: torch.Generator) -> float:
+    a = scorer.adaptor(hold)
+    fake = a + gen(a, _radius(scorer.config, a.shape[0], generator), generator)
+    rows = fake.permute(0, 2, 3, 1).reshape(-1, a.shape[1])[pick]
+    return round(reference.distance(rows.double().cpu().numpy()), 4)
+
+
+def train_gan(train_levels: list[torch.Tensor], hold_levels: list[torch.Tensor], config: GanConfig,
+              settings: TrainSettings, iterations: int, device: str) -> tuple[GanScorer, list[dict], dict]:
+    """Fit the GAN scorer. Returns (scorer in eval mode, curve points, timing)."""
+    torch.manual_seed(settings.seed + 10)
+    generator = torch.Generator().manual_seed(settings.seed + 11)
+    scorer = GanScorer(config).to(device)
+    gen = PerturbationGenerator(config.adapted_channels, config.noise_channels).to(device)
+    d_opt = torch.optim.Adam(scorer.parameters(), lr=settings.gan_learning_rate)
+    g_opt = torch.optim.Adam(gen.parameters(), lr=settings.gan_learning_rate, betas=(0.5, 0.999))
+    hold = concat_levels([z.float() for z in hold_levels]).to(device)
+    grid = hold.shape[-1]
+    masks = blob_masks(MASK_BANK, grid, torch.Generator().manual_seed(settings.seed + 12)).to(device)
+    n = train_levels[0].shape[0]
+    batch = min(settings.batch_size, n)
+    every = max(1, iterations // max(settings.curve_points, 1))
+
+    def reference_rows() -> tuple[FrechetReference, torch.Tensor]:
+        with torch.no_grad():
+            real = scorer.adaptor(hold).permute(0, 2, 3, 1).reshape(-1, config.adapted_channels)
+        pick = torch.randperm(real.shape[0], generator=generator)[:FRECHET_SAMPLES]
+        return FrechetReference(real[pick].double().cpu().numpy()), pick
+
+    curve: list[dict] = []
+    losses = {"d": 0.0, "g": 0.0, "count": 0}
+
+    def record(step: int) -> None:
+        reference, pick = reference_rows()  # the adaptor moves: the real side is re-fitted per point
+        curve.append({"iteration": step, "frechet": _frechet_point(scorer, gen, hold, reference, pick, generator),
+                      "d_loss": round(losses["d"] / max(losses["count"], 1), 4) if losses["count"] else None,
+                      "g_loss": round(losses["g"] / max(losses["count"], 1), 4) if losses["count"] else None})
+        losses.update(d=0.0, g=0.0, count=0)
+
+    scorer.train()
+    record(0)
+    started = time.perf_counter()
+    bar = tqdm(total=iterations, desc="train sa-gan", disable=not settings.progress, unit="it")
+    for step in range(1, iterations + 1):
+        idx = torch.randint(n, (batch,), generator=generator)
+        x = concat_levels([z[idx].float() for z in train_levels]).to(device)
+        mask = masks[torch.randint(MASK_BANK, (batch,), generator=generator)]
+        radius = _radius(config, batch, generator).to(device)
+        # D step
+        a = scorer.adaptor(x)
+        gaussian = torch.where(mask, a + config.sigma * torch.randn(a.shape, generator=generator).to(device), a)
+        generated = torch.where(mask, a.detach() + gen(a, radius, generator).detach(), a.detach())
+        d = scorer.discriminator
+        d_loss = discriminator_loss(d(a), [d(gaussian), d(generated)], mask)
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        # G step (non-saturating): D's current view of fresh generated features
+        with torch.no_grad():
+            a = scorer.adaptor(x)
+        g_loss = generator_loss(d(torch.where(mask, a + gen(a, radius, generator), a)), mask)
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+        losses["d"] += float(d_loss.detach())
+        losses["g"] += float(g_loss.detach())
+        losses["count"] += 1
+        bar.update(1)
+        if step % every == 0 or step == iterations:
+            record(step)
+            bar.set_postfix(d=curve[-1]["d_loss"], fd=curve[-1]["frechet"])
+    bar.close()
+    elapsed = time.perf_counter() - started
+    timing = {"gan_steps": iterations, "gan_s": round(elapsed, 2),
+              "gan_step_ms": round(1000 * elapsed / iterations, 2) if iterations else None}
+    return scorer.eval(), curve, timing
