@@ -63,7 +63,7 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
 
     parts = Components()
     channels = tuple(t.channels for t in DEFAULT_TAPS)
-    if train_ae:
+    if train_ae or train_gan:  # the GAN scorer reads the MDAAE's residual
         parts.ae, parts.ae_curve, timing = train_mdaae(
             data.train_levels, data.hold_levels, MdaaeConfig(level_channels=channels), settings,
             settings.resolved_iterations(), settings.device)
@@ -71,7 +71,7 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         parts.timing.update(timing)
     if train_gan:
         parts.gan, parts.gan_curve, timing = fit_gan(
-            data.train_levels, data.hold_levels, GanConfig(in_channels=sum(channels)), settings,
+            parts.ae, data.train_levels, data.hold_levels, GanConfig(in_channels=sum(channels)), settings,
             settings.resolved_gan_iterations(), settings.device)
         parts.gan = parts.gan.cpu()
         parts.timing.update(timing)

@@ -6,10 +6,10 @@ Heads (``model.json: head``):
            standardised by its mean/std on held-out good images and summed with the weights in
            ``fusion_weights``:
              ae   the MDAAE reconstruction discrepancy (mdaae.py)
-             gan  the GAN discriminator's anomaly logit on the adapted features (sagan.py)
+             gan  the GAN discriminator's anomaly logit on the adapted MDAAE residual (sagan.py)
   aegan    the same model as ``default`` (the name the paper's model has always had)
   ae       the MDAAE term alone (ablation)
-  gan      the GAN scorer alone (ablation)
+  gan      the GAN scorer alone (ablation; it still runs the MDAAE, whose residual it reads)
   knn      PatchCore-style nearest-neighbour distance to a coreset memory bank on the raw
            (mean-centred) backbone features: the reference, not run by stations
 
@@ -38,7 +38,7 @@ from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_ter
 from edge_inspector.training.sagan import GanConfig, GanScorer
 
 HEADS = ("default", "aegan", "ae", "gan", "knn")
-AE_HEADS = ("default", "aegan", "ae")
+AE_HEADS = ("default", "aegan", "ae", "gan")  # the GAN scorer reads the MDAAE's residual
 GAN_HEADS = ("default", "aegan", "gan")
 KNN_HEADS = ("knn",)
 FUSED_HEADS = ("default", "aegan")
@@ -104,6 +104,11 @@ def concat_levels(levels: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([upsample_to(z, size) for z in levels], dim=1)
 
 
+def residual_map(levels: list[torch.Tensor], recon: list[torch.Tensor]) -> torch.Tensor:
+    """The MDAAE's per-level residuals Z − Ẑ on the finest grid (N×ΣC×G×G): the GAN scorer's input."""
+    return concat_levels([z - r for z, r in zip(levels, recon)])
+
+
 class InspectionModel(nn.Module):
     """Image N×3×S×S (TF-normalised RGB from Preprocessor.prepare) → (map N×1×S×S, score N)."""
 
@@ -142,8 +147,8 @@ class InspectionModel(nn.Module):
         return [(z - m) / s for z, m, s in zip(levels, means, stds)]
 
     # -- per-term grid maps (N×1×G×G on the finest grid) -------------------------------------
-    def ae_term(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        cos, l2 = reconstruction_terms(levels, self.mdaae(levels))
+    def ae_term(self, levels: list[torch.Tensor], recon: list[torch.Tensor]) -> torch.Tensor:
+        cos, l2 = reconstruction_terms(levels, recon)
         size = levels[0].shape[-2:]
         total = None
         for k, term in enumerate(cos + l2):
@@ -151,28 +156,27 @@ class InspectionModel(nn.Module):
             total = part if total is None else total + part
         return total
 
-    def gan_term(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        return self.gan(concat_levels(levels))
+    def gan_term(self, levels: list[torch.Tensor], recon: list[torch.Tensor]) -> torch.Tensor:
+        return self.gan(residual_map(levels, recon))
 
     def knn_term(self, levels: list[torch.Tensor]) -> torch.Tensor:
         return self.knn(concat_levels(levels) * self.feature_std)  # = f − μ: PatchCore's own units
 
     def term_grids(self, levels: list[torch.Tensor], names) -> dict[str, torch.Tensor]:
+        recon = self.mdaae(levels)  # one MDAAE pass feeds both terms
         out: dict[str, torch.Tensor] = {}
         if "ae" in names:
-            out["ae"] = self.ae_term(levels)
+            out["ae"] = self.ae_term(levels, recon)
         if "gan" in names:
-            out["gan"] = self.gan_term(levels)
+            out["gan"] = self.gan_term(levels, recon)
         return out
 
     def raw_grid_map(self, levels: list[torch.Tensor]) -> torch.Tensor:
         head = self.config.head
-        if head == "ae":
-            return self.ae_term(levels)
-        if head == "gan":
-            return self.gan_term(levels)
         if head == "knn":
             return self.knn_term(levels)
+        if head in ("ae", "gan"):
+            return self.term_grids(levels, (head,))[head]
         # The weights are Python floats, so which terms are computed is fixed at export time.
         weights = {t: float(v) for t, v in self.config.fusion_weights.items() if float(v) != 0.0}
         grids = self.term_grids(levels, weights)
