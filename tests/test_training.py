@@ -138,7 +138,7 @@ def test_train_cli_names_the_terms_and_the_frechet_curve_ends(synthetic, tmp_pat
                  "--image-size", str(SIZE), "--no-export"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     meta = json.loads((out / "model.json").read_text())
-    assert summary["terms"] == {"ae": 0.5, "gan": 0.5} == meta["fusion_weights"]
+    assert summary["terms"] == {"ae": 0.7, "gan": 0.3} == meta["fusion_weights"]
     assert summary["frechet"] == [meta["training_curve"]["frechet_initial"], meta["training_curve"]["frechet_final"]]
 
 
@@ -394,7 +394,7 @@ def test_default_head_trains_without_test_images(synthetic, tmp_path, monkeypatc
     out = train_bundle(data, tmp_path / "m", head="default", iterations=4, image_size=SIZE, seed=0, progress=False,
                        export=False, augmented_copies=1, curve_points=2)
     meta = json.loads((out / "model.json").read_text())
-    assert meta["fusion_weights"] == {"ae": 0.5, "gan": 0.5}
+    assert meta["fusion_weights"] == {"ae": 0.7, "gan": 0.3}
     assert set(meta["score_normalisation"]["term_mean"]) == {"ae", "gan"}
 
 

@@ -221,7 +221,7 @@ def build_model(head: str, data: TrainingData, parts: Components, settings: Trai
                          mdaae=parts.ae.config if head in AE_HEADS else None,
                          gan=parts.gan.config if head in GAN_HEADS else None,
                          bank_size=int(parts.bank.shape[0]) if head in KNN_HEADS else 0,
-                         fusion_weights={"ae": w, "gan": 1.0 - w})
+                         fusion_weights={"ae": w, "gan": round(1.0 - w, 6)})
     model = InspectionModel(config)
     model.feature_mean.copy_(data.feature_mean)
     model.feature_std.copy_(data.feature_std)

@@ -8,20 +8,20 @@ Parts:
   grid whose context is added back at full resolution, so a position is judged against the whole
   part, not only its own descriptor. Output: an *anomaly* logit per position. **This is the scorer
   the station runs** (the GAN term of the default head).
-- ``PerturbationGenerator``: produces pseudo-anomalous features: adapted feature + δ, δ from a small
-  1×1 network of (feature, noise), rescaled to a norm drawn in [lo, hi]·σ√A. The fixed norm band
+- ``PerturbationGenerator``: produces pseudo-anomalous inputs x + δ, δ from a small 1×1 network of
+  (input, noise), rescaled to a norm drawn in [lo, hi]·σ√C. The fixed norm band
   keeps it from collapsing onto normal features (δ = 0) or drifting to trivial, far-away ones.
   It is trained with the **non-saturating** loss −log(1 − D_anomalous(a + δ)), i.e. to make D call
   its features normal: it hunts for the directions D is least sure about, the hard negatives.
-- Gaussian perturbation a + N(0, σ²) (SimpleNet's generator) stays as the base negative: it covers
+- Gaussian perturbation x + N(0, σ²) (SimpleNet's generator) stays as the base negative: it covers
   every direction, the generator sharpens the boundary where it matters.
 
 Negatives are drawn inside random smooth blobs of the grid (5–40 % of positions), the rest of the
 map stays real: defects are local, and the self-attention context then has to tell a region from
 its surroundings instead of reading a global shift.
 
-Convergence is tracked with the Fréchet distance between the generator's features and the real
-adapted features of the held-out good images (``FrechetReference``): it falls while the generator
+Convergence is tracked with the Fréchet distance between the generator's (adapted) inputs and the
+real adapted inputs of the held-out good images (``FrechetReference``): it falls while the generator
 moves from its initial random directions towards the normal distribution's boundary and flattens when
 the game settles; the curve goes into ``training_curve.json`` and ``model.json``.
 """
@@ -72,8 +72,9 @@ class GanConfig:
     adapted_channels: int = 128
     hidden_channels: int = 128
     noise_channels: int = 16
-    # Gaussian negative σ in adapted units; generator norms in [lo, hi]·σ√A
-    sigma: float = 0.25
+    # negatives: per-channel strength in [lo, hi]·sigma (standardised units of the residual input);
+    # the generator's perturbation norm is strength·√C
+    sigma: float = 1.0
     generator_norm: tuple[float, float] = (0.5, 1.5)
     attention_pool: int = 4
 

@@ -43,7 +43,7 @@ GAN_HEADS = ("default", "aegan", "gan")
 KNN_HEADS = ("knn",)
 FUSED_HEADS = ("default", "aegan")
 TERMS = ("ae", "gan")  # order of term_mean / term_std
-DEFAULT_FUSION = {"ae": 0.5, "gan": 0.5}
+DEFAULT_FUSION = {"ae": 0.7, "gan": 0.3}
 
 
 @dataclass
