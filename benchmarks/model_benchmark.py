@@ -192,7 +192,22 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--remeasure", default=None, metavar="RESULT.json",
                    help="only re-run latency/RSS for the bundles listed in an earlier result (needs its --workdir)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RESULT.json",
+                   help="combine the per-dataset results of runs made with --datasets (e.g. in parallel) into "
+                        "one report with the ablation summary; writes --json")
     args = p.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        report = {**parts[0], "command": [part["command"] for part in parts], "datasets": {}}
+        for part in parts:
+            report["datasets"].update(part["datasets"])
+        report["ablation"] = ablation_summary(report)
+        report["total_s"] = max(part.get("total_s", 0) for part in parts)
+        text = json.dumps(report, indent=1)
+        print(text)
+        if args.json_out:
+            Path(args.json_out).write_text(text)
+        return 0
     if args.remeasure:
         report = remeasure(Path(args.remeasure), args.bench_runs, args.threads)
         text = json.dumps(report, indent=1)
