@@ -47,7 +47,7 @@ class TrainSettings:
             if self.iterations < 0:
                 raise InputError(f"--iterations {self.iterations} must be ≥ 0")
             return int(self.iterations)
-        return 800 if self.image_size >= 192 else 300
+        return 600 if self.image_size >= 192 else 300
 
     def resolved_gan_iterations(self) -> int:
         if self.gan_iterations is not None:
@@ -56,7 +56,7 @@ class TrainSettings:
             return int(self.gan_iterations)
         if self.iterations is not None:  # --iterations scales both parts (tests use tiny runs)
             return max(1, self.resolved_iterations() // 2) if self.resolved_iterations() else 0
-        return 300 if self.image_size >= 192 else 150
+        return 200 if self.image_size >= 192 else 100
 
 
 def check_settings(settings: TrainSettings) -> None:
