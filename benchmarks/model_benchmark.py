@@ -1,14 +1,12 @@
-"""Model benchmark — the ablation of the paper's model on the dev sets, side by side on the same
-split: MDAAE only (``ae``), the SA-GAN scorer only (``gan``), the PatchCore-style kNN reference
-(``knn``) and the default head (MDAAE + SA-GAN fused, what a station runs; ``aegan`` is the same
-model), plus the default head with its backbone quantised to INT8 (``default_int8``).
+"""Model benchmark: AE only, AE + SA-GAN (the paper's model), PatchCore-style kNN and the default
+(fused) head, trained on the same split of the same cached features, evaluated side by side.
 
-Per dataset the backbone features are computed once; the MDAAE, the GAN scorer and the kNN memory
-bank are trained once each; every bundle is assembled from those parts, calibrated on the same
-hold-out, exported to ONNX and evaluated through the runtime engine (``evaluate_bundle``:
-onnxruntime, no torch). Latency and peak RSS come from the runtime bench in a separate process
-(the inference process a station runs, without torch). Every figure docs/benchmarks.md reports is
-in the JSON this writes.
+Per dataset the backbone features are computed once; the AE-only model and the AE + GAN model are
+trained once each (same seed, same initial weights), and the kNN memory bank once; the four
+bundles are then assembled from those parts, calibrated on the same hold-out, exported to ONNX
+and evaluated through the runtime engine (``evaluate_bundle``: onnxruntime, no torch). Latency
+and peak RSS come from ``edge-inspector bench`` in a separate process (the inference process a
+station runs, without torch).
 
     .venv/bin/python benchmarks/model_benchmark.py --json benchmarks/results/model.json
 
@@ -32,11 +30,8 @@ sys.path.insert(0, str(REPO))
 DATASETS = {
     "bottle": ("mvtec_ad", "bottle"),
     "tire": ("mvtec_3d_ad", "tire"),
-    "kolektorsdd": ("kolektorsdd",),
 }
-HEAD_ORDER = ("ae", "gan", "knn", "default", "default_int8")
-# PatchCore-style reference (GUIDE.md "Measured reference figures"): image AUROC, pixel AUROC
-REFERENCE = {"bottle": (1.000, 0.977), "tire": (0.698, 0.979), "kolektorsdd": (0.883, 0.910)}
+HEAD_ORDER = ("ae", "aegan", "knn", "default")
 METRICS = (
     "image_auroc",
     "image_ap",
@@ -96,42 +91,80 @@ def remeasure(json_path: Path, runs: int, threads: int) -> dict:
     return report
 
 
+def reuse_autoencoder(model_dir: Path):
+    """(Components with the trained MDAAE and its curve, feature mean, feature std) from a bundle."""
+    from edge_inspector.training.export import load_checkpoint
+    from edge_inspector.training.train import Components
+
+    model, meta = load_checkpoint(model_dir)
+    curve = json.loads((model_dir / "training_curve.json").read_text())
+    timing = {k: v for k, v in meta["training"]["timing"].items() if k.endswith("_ms") or k.endswith("_steps")}
+    parts = Components(ae=model.mdaae, ae_config=model.config.mdaae, used_gan=bool(curve.get("gan")),
+                       curve=curve["points"], timing=timing)
+    return parts, model.feature_mean.clone(), model.feature_std.clone()
+
+
+def restandardise(data, mean, std):
+    """Re-express cached standardised features with another (the reused model's) mean/std."""
+    from dataclasses import replace
+
+    def convert(z):
+        return (z * data.feature_std + data.feature_mean - mean) / std
+
+    return replace(data, z_train=convert(data.z_train), z_clean=convert(data.z_clean), z_hold=convert(data.z_hold),
+                   feature_mean=mean, feature_std=std)
+
+
 def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
-    from edge_inspector.training.assemble import assemble, fit_components
+    import torch
+
     from edge_inspector.training.backbone import DEFAULT_TAPS, FeatureExtractor
     from edge_inspector.training.evaluate import evaluate_bundle
-    from edge_inspector.training.features import prepare_data
-    from edge_inspector.training.quantise import quantise_bundle
-    from edge_inspector.training.settings import TrainSettings
-    from edge_inspector.training.train import set_determinism
+    from edge_inspector.training.train import TrainSettings, _set_determinism, assemble, fit_components, prepare_data
 
     settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size, seed=args.seed,
-                             progress=not args.quiet, threads=args.threads)
-    set_determinism(settings.seed, settings.threads)
+                             progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight,
+                             knn_features=args.knn_features)
+    _set_determinism(settings.seed, settings.threads)
     t0 = time.perf_counter()
-    data = prepare_data(data_dir, settings, FeatureExtractor(DEFAULT_TAPS))
+    # Reusing trained autoencoders: the augmented copies were only needed to train them.
+    data_settings = TrainSettings(**{**settings.__dict__, "augmented_copies": 0}) if args.reuse else settings
+    data = prepare_data(data_dir, data_settings, FeatureExtractor(DEFAULT_TAPS))
     features_s = time.perf_counter() - t0
-    parts = fit_components(data, settings, train_ae=True, train_gan=True, build_bank=True)
-    timing = {"features_s": round(features_s, 1), "n_backbone_passes": data.timing["n_backbone_passes"],
-              "mdaae_s": parts.timing.get("mdaae_s"), "mdaae_step_ms": parts.timing.get("mdaae_step_ms"),
-              "gan_s": parts.timing.get("gan_s"), "gan_step_ms": parts.timing.get("gan_step_ms"),
-              "coreset_s": parts.timing.get("coreset_s"), "bank_size": parts.timing.get("bank_size"),
-              "n_train": int(data.train_idx.size), "n_holdout": int(data.hold_idx.size)}
-    train_seconds = {"ae": features_s + (parts.timing.get("mdaae_s") or 0),
-                     "gan": features_s + (parts.timing.get("gan_s") or 0),
-                     "knn": features_s + (parts.timing.get("coreset_s") or 0),
-                     "default": features_s + (parts.timing.get("mdaae_s") or 0) + (parts.timing.get("gan_s") or 0)}
+    parts = {}
+    if args.reuse:
+        # Autoencoders from an earlier run of this benchmark (same split and seed): only the kNN
+        # bank is rebuilt and all four heads are re-assembled, calibrated and evaluated.
+        previous = json.loads((Path(args.reuse) / "result.json").read_text())["datasets"][name]
+        parts["ae"], mean, std = reuse_autoencoder(Path(args.reuse) / name / "ae")
+        gan_parts, _, _ = reuse_autoencoder(Path(args.reuse) / name / "aegan")
+        data = restandardise(data, mean, std)
+        t0 = time.perf_counter()
+        bank = fit_components(data, settings, train_ae=False, use_gan=False, build_bank=True)
+        gan_parts.bank, gan_parts.subspace = bank.bank, bank.subspace
+        gan_parts.timing = {**gan_parts.timing, **bank.timing}
+        gan_and_bank = gan_parts
+        ae_s = previous["timing"]["ae_train_s"]
+        gan_s = previous["timing"]["aegan_train_s"]
+        features_s = previous["timing"]["features_s"]
+    else:
+        t0 = time.perf_counter()
+        parts["ae"] = fit_components(data, settings, train_ae=True, use_gan=False, build_bank=False)
+        ae_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gan_and_bank = fit_components(data, settings, train_ae=True, use_gan=True, build_bank=True)
+        gan_s = time.perf_counter() - t0 - gan_and_bank.timing.get("coreset_s", 0.0)
+    parts.update(aegan=gan_and_bank, knn=gan_and_bank, default=gan_and_bank)
+    train_seconds = {
+        "ae": features_s + ae_s,
+        "aegan": features_s + gan_s,
+        "knn": features_s + gan_and_bank.timing.get("coreset_s", 0.0),
+        "default": features_s + gan_s + gan_and_bank.timing.get("coreset_s", 0.0),
+    }
     results = {}
     for head in args.heads:
         out = work / name / head
-        if head == "default_int8":
-            source = work / name / "default"
-            if not (source / "model.json").is_file():
-                assemble("default", data, parts, settings, source, name=f"{name}-default")
-            quant = quantise_bundle(source, out, data.hold_images)
-        else:
-            assemble(head, data, parts, settings, out, name=f"{name}-{head}")
-            quant = None
+        assemble(head, data, parts[head], settings, out, name=f"{name}-{head}")
         meta = json.loads((out / "model.json").read_text())
         ev = evaluate_bundle(out, data_dir, threads=args.threads)
         bench = bench_process(out, args.bench_runs, args.threads)
@@ -141,41 +174,34 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
             ms_p99=bench.get("latency_ms_p99"),
             peak_rss_mb=bench.get("peak_rss_mb"),
             torch_imported=bench.get("torch_imported"),
-            train_s=round(train_seconds[head.replace("_int8", "")], 1),
+            train_s=round(train_seconds[head], 1),
             per_type=ev.get("per_type"),
             parity_max_abs_diff=max(meta["export"]["parity"]["max_abs_diff_map"], meta["export"]["parity"]["max_abs_diff_score"]),
-            frechet_curve=[(p["iteration"], p["frechet"]) for p in meta["training_curve"].get("points", [])],
+            frechet_initial=meta["training_curve"].get("frechet_initial"),
+            frechet_final=meta["training_curve"].get("frechet_final"),
             model_dir=str(out),
         )
-        if quant is not None:
-            row["quantisation"] = quant
-        if head.startswith("default"):
+        if head == "default":
             row["fusion_weights"] = meta.get("fusion_weights")
+            row["fusion_selection"] = meta["score_normalisation"].get("fusion", {}).get("selection")
+        if head in ("knn", "default"):
+            row["knn_features"] = meta.get("knn_features")
         results[head] = row
-        print(json.dumps({"dataset": name, "head": head, **{k: row[k] for k in ("image_auroc", "pixel_auroc", "recall_at_threshold", "far_at_threshold", "ms_per_image")}}),
+        print(json.dumps({"dataset": name, "head": head, **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro_30", "ms_per_image")}}),
               file=sys.stderr, flush=True)
-    ref_image, ref_pixel = REFERENCE.get(name, (None, None))
-    default = results.get("default") or {}
-    acceptance = None
-    if ref_image is not None and default:
-        acceptance = {"reference_image_auroc": ref_image, "reference_pixel_auroc": ref_pixel,
-                      "image_ok": default.get("image_auroc", 0) >= ref_image,
-                      "pixel_ok": default.get("pixel_auroc", 0) > ref_pixel}
-    return {"timing": timing, "heads": results, "acceptance": acceptance}
-
-
-def ablation_summary(report: dict) -> dict:
-    """Mean and worst case over the dev sets per head (image / pixel AUROC)."""
-    rows: dict[str, dict] = {}
-    sets = [d for d in report["datasets"].values() if "heads" in d]
-    for head in HEAD_ORDER:
-        values = [(d["heads"][head]["image_auroc"], d["heads"][head]["pixel_auroc"]) for d in sets if head in d["heads"]]
-        if values and len(values) == len(sets):
-            rows[head] = {"mean_image_auroc": sum(v[0] for v in values) / len(values),
-                          "mean_pixel_auroc": sum(v[1] for v in values) / len(values),
-                          "worst_image_auroc": min(v[0] for v in values),
-                          "worst_pixel_auroc": min(v[1] for v in values), "n_datasets": len(values)}
-    return rows
+    timing = {
+        "n_backbone_passes": data.timing["n_backbone_passes"],
+        "features_s": round(features_s, 1),
+        "ae_train_s": round(ae_s, 1),
+        "aegan_train_s": round(gan_s, 1),
+        "coreset_s": gan_and_bank.timing.get("coreset_s"),
+        "bank_size": gan_and_bank.timing.get("bank_size"),
+        "ae_only_step_ms": parts["ae"].timing.get("ae_step_ms"),
+        "gan_step_ms": gan_and_bank.timing.get("gan_step_ms"),
+        "n_train": int(data.train_idx.size),
+        "n_holdout": int(data.hold_idx.size),
+    }
+    return {"timing": timing, "heads": results}
 
 
 def main(argv=None) -> int:
@@ -190,24 +216,17 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None, help="keep the bundles here (default: a temp dir)")
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--fusion-ae-weight", type=float, default=None,
+                   help="default head: fix the weight of the AE term (default: chosen on synthetic anomalies "
+                        "drawn on the held-out good images, as train does)")
+    p.add_argument("--knn-features", default="raw", choices=["raw", "standardised"],
+                   help="feature space of the kNN term (knn and default heads)")
+    p.add_argument("--reuse", default=None, metavar="WORKDIR",
+                   help="reuse the autoencoders trained by an earlier run (its --workdir, holding result.json); "
+                        "rebuilds the kNN bank and re-assembles and re-evaluates all heads")
     p.add_argument("--remeasure", default=None, metavar="RESULT.json",
                    help="only re-run latency/RSS for the bundles listed in an earlier result (needs its --workdir)")
-    p.add_argument("--merge", nargs="+", default=None, metavar="RESULT.json",
-                   help="combine the per-dataset results of runs made with --datasets (e.g. in parallel) into "
-                        "one report with the ablation summary; writes --json")
     args = p.parse_args(argv)
-    if args.merge:
-        parts = [json.loads(Path(f).read_text()) for f in args.merge]
-        report = {**parts[0], "command": [part["command"] for part in parts], "datasets": {}}
-        for part in parts:
-            report["datasets"].update(part["datasets"])
-        report["ablation"] = ablation_summary(report)
-        report["total_s"] = max(part.get("total_s", 0) for part in parts)
-        text = json.dumps(report, indent=1)
-        print(text)
-        if args.json_out:
-            Path(args.json_out).write_text(text)
-        return 0
     if args.remeasure:
         report = remeasure(Path(args.remeasure), args.bench_runs, args.threads)
         text = json.dumps(report, indent=1)
@@ -237,7 +256,6 @@ def main(argv=None) -> int:
             Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json_out).write_text(json.dumps(report, indent=1))
         (work / "result.json").write_text(json.dumps(report, indent=1))
-    report["ablation"] = ablation_summary(report)
     report["total_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=1)
     print(text)

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model bundle from train/good images")
     t.add_argument("--data", required=True, help="MVTec-style category folder (reads only train/good)")
     t.add_argument("--out", required=True, help="MODEL_DIR to write")
-    t.add_argument("--head", choices=["default", "aegan", "ae", "gan", "knn"], default="default")
+    t.add_argument("--head", choices=["default", "aegan", "ae", "knn"], default="default")
     t.add_argument("--iterations", type=int, default=None, help="training iterations (default depends on head)")
     t.add_argument("--image-size", type=int, default=256)
     t.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,7 @@ from edge_inspector.training.calibrate import f1_threshold, far_threshold  # noq
 from edge_inspector.training.knn import KnnScorer, greedy_coreset  # noqa: E402
 from edge_inspector.training.mdaae import MdaaeConfig  # noqa: E402
 from edge_inspector.training.sagan import frechet_distance  # noqa: E402
-from edge_inspector.training.train import TrainSettings, train_bundle  # noqa: E402
+from edge_inspector.training.train import TrainSettings, train_autoencoder, train_bundle  # noqa: E402
 
 SIZE = 64
 
@@ -132,17 +132,16 @@ def test_export_cli_writes_onnx_and_reports_parity(default_bundle, tmp_path, cap
     assert report["parity"]["max_abs_diff_score"] < 1e-2
 
 
-def test_train_cli_names_the_terms_and_the_frechet_curve_ends(synthetic, tmp_path, capsys):
+def test_train_cli_names_the_terms_the_default_head_chose(synthetic, tmp_path, capsys):
     out = tmp_path / "m"
     assert main(["train", "--data", str(synthetic), "--out", str(out), "--head", "default", "--iterations", "4",
                  "--image-size", str(SIZE), "--no-export"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    meta = json.loads((out / "model.json").read_text())
-    assert summary["terms"] == {"ae": 0.7, "gan": 0.3} == meta["fusion_weights"]
-    assert summary["frechet"] == [meta["training_curve"]["frechet_initial"], meta["training_curve"]["frechet_final"]]
+    weights = json.loads((out / "model.json").read_text())["fusion_weights"]
+    assert summary["terms"] == {t: w for t, w in weights.items() if w} and summary["terms"]
 
 
-# -- the default head is the paper's model ----------------------------------------------------------
+# -- default head: subspace terms ---------------------------------------------------------------
 def _rewritten_checkpoint(bundle: Path, target: Path, edit) -> Path:
     checkpoint = torch.load(bundle / "checkpoint.pt", weights_only=True)
     edit(checkpoint)
@@ -151,63 +150,58 @@ def _rewritten_checkpoint(bundle: Path, target: Path, edit) -> Path:
     return target
 
 
-def test_default_graph_runs_the_mdaae_decoder_and_the_gan_discriminator(default_bundle):
+def test_subspace_terms_match_an_independent_projection(default_bundle, synthetic):
+    from edge_inspector.training.export import load_checkpoint
+
+    model, _ = load_checkpoint(default_bundle)
+    assert model.subspace is not None and model.subspace.shape == (344, 64)
+    v = model.subspace
+    assert torch.allclose(v.t() @ v, torch.eye(64), atol=1e-4)  # orthonormal directions
+    images = torch.from_numpy(prepared(sorted((synthetic / "test" / "hole").glob("*.png"))))
+    with torch.no_grad():
+        z = model.standardised_features(images)
+        grids = model.term_grids(z, ("knn", "sub", "res"))
+    x = model.knn_space(z).permute(0, 2, 3, 1).reshape(-1, 344)
+    off_subspace = (x - (x @ v) @ v.t()).norm(dim=1)
+    assert torch.allclose(grids["res"].flatten(), off_subspace, rtol=1e-3, atol=1e-3)
+    # a projection never lengthens a distance: the subspace distance is at most the full one
+    assert (grids["sub"] <= grids["knn"] + 1e-3).all()
+    assert (grids["sub"] < grids["knn"] - 1e-3).any()
+
+
+@pytest.mark.parametrize("weights", [{"knn": 0.4, "sub": 0.3, "res": 0.2, "ae": 0.1}, {"sub": 1.0}])
+def test_any_term_mix_exports_with_parity_and_only_its_terms(default_bundle, tmp_path, capsys, weights):
     import onnx
 
-    graph = onnx.load(str(default_bundle / "model.onnx")).graph
-    weights = {init.name for init in graph.initializer} | {n.name for n in graph.node}
-    assert any("mdaae" in w and "out1" in w for w in weights), "MDAAE decoder head missing from the graph"
-    assert any("gan" in w and "discriminator" in w for w in weights), "GAN discriminator missing from the graph"
-    assert not any(w.startswith("knn") for w in weights)
-
-
-@pytest.mark.parametrize("weights", [{"ae": 1.0, "gan": 0.0}, {"ae": 0.0, "gan": 1.0}])
-def test_a_term_with_weight_zero_is_not_in_the_exported_graph(default_bundle, tmp_path, capsys, weights):
-    import onnx
+    from edge_inspector.training.fusion import full_weights
 
     def edit(checkpoint):
-        checkpoint["config"]["fusion_weights"] = weights
+        checkpoint["config"]["fusion_weights"] = full_weights(weights)
 
     model_dir = _rewritten_checkpoint(default_bundle, tmp_path / "m", edit)
     out = tmp_path / "mix.onnx"
     assert main(["export", "--model", str(model_dir), "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["parity"]["passed"]
-    names = {init.name for init in onnx.load(out).graph.initializer} | {n.name for n in onnx.load(out).graph.node}
-    assert any("discriminator" in n for n in names) == (weights["gan"] > 0)
-    assert any("out1" in n for n in names)  # the GAN scorer reads the MDAAE's residual: always there
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff_score"] < 1e-2
+    shapes = {tuple(init.dims) for init in onnx.load(out).graph.initializer}
+    has_full_bank = any(len(d) == 2 and d[0] == 344 for d in shapes)
+    assert has_full_bank == ("knn" in weights)  # a term with weight 0 is not in the graph
 
 
-def test_checkpoint_of_the_earlier_model_design_is_a_one_line_error(default_bundle, tmp_path, capsys):
+def test_default_checkpoint_from_before_the_subspace_terms_still_loads(default_bundle, tmp_path):
+    from edge_inspector.training.export import load_checkpoint
+
     def edit(checkpoint):
-        checkpoint["format"] = "edge-inspector.checkpoint/1"
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k == "subspace" or k.startswith("knn_sub.")]:
+            del state[key]
+        state["term_mean"], state["term_std"] = state["term_mean"][:2], state["term_std"][:2]
+        checkpoint["config"].pop("subspace_dim")
+        checkpoint["config"]["fusion_weights"] = {"ae": 0.0, "knn": 1.0}
 
-    model_dir = _rewritten_checkpoint(default_bundle, tmp_path / "old", edit)
-    assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "x.onnx")]) == 2
-    _one_line_error(capsys, "retrained model")
-
-
-def test_mdaae_reconstructs_every_level_on_its_own_grid():
-    from edge_inspector.training.mdaae import Mdaae
-
-    torch.manual_seed(0)
-    levels = [torch.randn(2, 40, 32, 32), torch.randn(2, 112, 16, 16), torch.randn(2, 192, 8, 8)]
-    ae = Mdaae(MdaaeConfig(level_channels=(40, 112, 192)))
-    recon = ae.train()(levels)
-    assert [r.shape for r in recon] == [z.shape for z in levels]
-    weights = ae.last_level_weights
-    assert weights.shape == (2, 3) and torch.allclose(weights.sum(dim=1), torch.ones(2), atol=1e-5)
-
-
-def test_generator_perturbations_keep_their_norm_band():
-    from edge_inspector.training.sagan import PerturbationGenerator
-
-    gen = PerturbationGenerator(16, 4)
-    a = torch.randn(3, 16, 8, 8)
-    radius = torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1, 1)
-    delta = gen(a, radius, torch.Generator().manual_seed(0))
-    norms = delta.norm(dim=1)
-    assert torch.allclose(norms, radius.view(3, 1, 1).expand_as(norms), rtol=1e-4)
+    model, _ = load_checkpoint(_rewritten_checkpoint(default_bundle, tmp_path / "old", edit))
+    assert model.subspace is None and model.available_terms() == ("ae", "knn")
+    assert model.term_mean.shape == (4,) and model.term_std[2:].tolist() == [1.0, 1.0]
 
 
 # -- determinism ----------------------------------------------------------------------------------
@@ -225,22 +219,14 @@ def test_training_is_deterministic_for_a_seed(synthetic, tmp_path):
 
 
 def test_gan_training_runs_and_tracks_frechet_distance():
-    from edge_inspector.training.fit_gan import train_gan
-    from edge_inspector.training.mdaae import Mdaae
-    from edge_inspector.training.sagan import GanConfig
-
     torch.manual_seed(0)
-    levels = [torch.randn(6, 8, 8, 8), torch.randn(6, 8, 4, 4), torch.randn(6, 16, 2, 2)]
-    ae = Mdaae(MdaaeConfig(level_channels=(8, 8, 16))).eval()
-    settings = TrainSettings(head="gan", batch_size=4, progress=False, curve_points=4)
-    scorer, curve, timing = train_gan(ae, levels, [z[:3] for z in levels], GanConfig(in_channels=32, adapted_channels=16,
-                                      hidden_channels=16), settings, iterations=12, device="cpu")
-    assert timing["gan_steps"] == 12
-    assert [p["iteration"] for p in curve] == [0, 3, 6, 9, 12]
-    assert all(np.isfinite(p["frechet"]) and p["frechet"] >= 0 for p in curve)
-    assert all(p["d_loss"] is not None and p["g_loss"] is not None for p in curve[1:])
-    with torch.no_grad():
-        assert scorer(torch.randn(2, 32, 8, 8)).shape == (2, 1, 8, 8)
+    config = MdaaeConfig(level_channels=(8, 8, 16))
+    z = torch.randn(6, 32, 8, 8)
+    settings = TrainSettings(head="aegan", batch_size=4, progress=False, curve_points=5)
+    ae, curve, timing = train_autoencoder(z, z[:4], config, settings, iterations=20, use_gan=True, device="cpu")
+    assert timing["gan_steps"] > 0 and timing["ae_steps"] > 0
+    assert any(p["lambda"] > 0 for p in curve) and any(p["d_loss"] is not None for p in curve)
+    assert curve[-1]["eval_l2"] < curve[0]["eval_l2"]
 
 
 # -- components -----------------------------------------------------------------------------------
@@ -382,8 +368,83 @@ def test_export_checkpoint_with_mismatched_weights_is_exit_2(default_bundle, tmp
     _one_line_error(capsys, "does not match")
 
 
-# -- train never looks at test/ ------------------------------------------------------------------
-def test_default_head_trains_without_test_images(synthetic, tmp_path, monkeypatch):
+# -- default head: term weights chosen on synthetic anomalies over good images -----------------
+class _StubTerms:
+    """Just enough of InspectionModel for select_fusion_weights: one informative term, the others noise."""
+
+    def __init__(self, informative: str, good: torch.Tensor, terms=("ae", "knn", "sub", "res")) -> None:
+        self.informative = informative
+        self.terms = terms
+        self.good_mean = torch.nn.functional.avg_pool2d(good, 8).mean(dim=0, keepdim=True)
+        self.noise = torch.Generator().manual_seed(0)
+
+    def available_terms(self):
+        return self.terms
+
+    def standardised_features(self, image):
+        return torch.nn.functional.avg_pool2d(image, 8)
+
+    def term_grids(self, z, names):
+        deviation = (z - self.good_mean).abs().sum(dim=1, keepdim=True)
+        return {n: deviation if n == self.informative
+                else torch.rand(z.shape[0], 1, *z.shape[2:], generator=self.noise) for n in names}
+
+    def standardised_term(self, name, grid):
+        return grid
+
+    def upsample_and_smooth(self, grid, size):
+        return torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("informative, expected", [("knn", {"knn": 1.0}), ("sub", {"sub": 1.0})])
+def test_fusion_selection_picks_the_informative_term(synthetic, informative, expected):
+    from edge_inspector.training.fusion import CANDIDATES, full_weights, select_fusion_weights
+
+    good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
+    weights, selection = select_fusion_weights(_StubTerms(informative, good), good, seed=0)
+    assert weights == full_weights(expected) == selection["weights"]
+    assert [row["weights"] for row in selection["candidates"]] == list(CANDIDATES)
+    assert selection["n_synthetic_per_draw"] == good.shape[0]
+    assert selection["contrast"] == 0.3
+    assert all(len(row["pixel_auroc_draws"]) == selection["draws"] == 6 for row in selection["candidates"])
+
+
+def test_fusion_selection_only_offers_candidates_the_model_can_compute(synthetic):
+    from edge_inspector.training.fusion import select_fusion_weights
+
+    good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
+    weights, selection = select_fusion_weights(_StubTerms("knn", good, terms=("ae", "knn")), good, seed=0)
+    assert [row["weights"] for row in selection["candidates"]] == [{"knn": 1.0}, {"knn": 0.8, "ae": 0.2}]
+    assert weights["knn"] == 1.0 and weights["sub"] == weights["res"] == 0.0
+
+
+def test_synthetic_anomalies_are_blended_in_at_the_given_contrast(synthetic):
+    from edge_inspector.training.fusion import synthetic_anomalies
+
+    good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
+    full, masks, _ = synthetic_anomalies(good, seed=1, contrast=1.0)
+    faint, masks_faint, _ = synthetic_anomalies(good, seed=1, contrast=0.3)
+    assert np.array_equal(masks, masks_faint)
+    assert torch.allclose(faint - good, 0.3 * (full - good), atol=1e-5)
+    assert (full - good).abs().sum() > 0
+
+
+def test_fusion_rule_takes_the_cheapest_candidate_within_one_standard_error_of_the_best():
+    from edge_inspector.training.fusion import choose
+
+    cheap, costly = {"knn": 1.0}, {"knn": 0.8, "ae": 0.2}
+    # costly is better on average but not consistently: a tie, so the cheaper (earlier) one wins
+    table = [{"weights": cheap, "pixel_auroc_draws": [0.90, 0.93, 0.88, 0.92]},
+             {"weights": costly, "pixel_auroc_draws": [0.91, 0.92, 0.90, 0.921]}]
+    assert choose(table) == cheap
+    # costly is better on every draw by a steady margin: no tie
+    table[1]["pixel_auroc_draws"] = [0.905, 0.935, 0.885, 0.925]
+    assert choose(table) == costly
+    # a single draw: plain maximum
+    assert choose([{"weights": cheap, "pixel_auroc_draws": [0.9]}, {"weights": costly, "pixel_auroc_draws": [0.91]}]) == costly
+
+
+def test_default_head_chooses_its_fusion_weight_without_test_images(synthetic, tmp_path, monkeypatch):
     import shutil
 
     import edge_inspector.datasets as datasets
@@ -394,19 +455,10 @@ def test_default_head_trains_without_test_images(synthetic, tmp_path, monkeypatc
     out = train_bundle(data, tmp_path / "m", head="default", iterations=4, image_size=SIZE, seed=0, progress=False,
                        export=False, augmented_copies=1, curve_points=2)
     meta = json.loads((out / "model.json").read_text())
-    assert meta["fusion_weights"] == {"ae": 0.7, "gan": 0.3}
-    assert set(meta["score_normalisation"]["term_mean"]) == {"ae", "gan"}
-
-
-def test_feature_cache_is_capped_and_keeps_the_clean_images_first(synthetic):
-    from edge_inspector.training.backbone import FeatureExtractor
-    from edge_inspector.training.features import prepare_data
-
-    settings = TrainSettings(image_size=SIZE, progress=False, augmented_copies=2, max_cached_images=14)
-    data = prepare_data(synthetic, settings, FeatureExtractor())
-    n_train = data.train_idx.size  # 10 of the 12 images (2 held out)
-    assert data.n_clean == n_train and data.train_levels[0].shape[0] == 14  # 10 clean + 4 of 20 augmented
-    assert data.train_levels[0].dtype == torch.float16
-    assert [z.shape[-1] for z in data.train_levels] == [SIZE // 8, SIZE // 16, SIZE // 32]
-    small = prepare_data(synthetic, TrainSettings(image_size=SIZE, progress=False, max_cached_images=4), FeatureExtractor())
-    assert small.n_clean == 4 and small.train_levels[0].shape[0] == 4
+    selection = meta["score_normalisation"]["fusion"]["selection"]
+    assert meta["fusion_weights"] == selection["weights"]
+    assert list(meta["fusion_weights"]) == ["ae", "knn", "sub", "res"]
+    assert abs(sum(meta["fusion_weights"].values()) - 1.0) < 1e-9
+    assert len(selection["candidates"]) == 6
+    assert meta["subspace_dim"] == 64
+    assert meta["knn_features"] == "raw"

@@ -4,7 +4,7 @@ model.json keys (written by training/export.py, read here and by the runtime):
   format_version      int, must equal edge_inspector.BUNDLE_FORMAT_VERSION
   package_version     edge-inspector version that wrote it
   name                human name, e.g. "bottle-default"
-  head                "default" | "aegan" | "ae" | "gan" | "knn"
+  head                "default" | "aegan" | "ae" | "knn"
   backbone            e.g. "efficientnet-lite0"
   image_size          model input is image_size × image_size
   input               {"name": "image", "layout": "NCHW", "channels": "RGB",

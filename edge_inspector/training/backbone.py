@@ -74,21 +74,19 @@ class FeatureExtractor(nn.Module):
         # Frozen: batch-norm statistics must never update, whatever the parent module does.
         return super().train(False)
 
-    def native_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-tap maps on their own grids (S/8, S/16, S/32), each 3×3 average-pooled."""
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-tap maps, each 3×3 average-pooled and resized to the stride-8 grid."""
+        grid = (x.shape[-2] // 8, x.shape[-1] // 8)
         h = self.stem(x)
         outs: list[torch.Tensor] = []
         for index, block in enumerate(self.blocks):
             h = block(h)
             if index in self.tap_blocks:
-                outs.append(F.avg_pool2d(h, kernel_size=3, stride=1, padding=1, count_include_pad=False))
+                pooled = F.avg_pool2d(h, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+                if pooled.shape[-2:] != grid:
+                    pooled = F.interpolate(pooled, size=grid, mode="bilinear", align_corners=False)
+                outs.append(pooled)
         return outs
-
-    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-tap maps, each resized to the stride-8 grid."""
-        grid = (x.shape[-2] // 8, x.shape[-1] // 8)
-        return [p if p.shape[-2:] == grid else F.interpolate(p, size=grid, mode="bilinear", align_corners=False)
-                for p in self.native_levels(x)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.levels(x), dim=1)

@@ -30,18 +30,14 @@ from edge_inspector import BUNDLE_FORMAT_VERSION
 from edge_inspector.errors import InspectorError, ModelBundleError
 from edge_inspector.inference.bundle import METADATA_KEY, ONNX_NAME, file_sha256, write_meta
 from edge_inspector.logging import get_logger
-from edge_inspector.training.scoring import InspectionModel, ModelConfig
+from edge_inspector.training.scoring import TERMS, InspectionModel, ModelConfig
 
 log = get_logger(__name__)
 
 PARITY_TOLERANCE = 1e-2
 OPSET = 17
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "edge-inspector.checkpoint/2"
-# Checkpoints of the earlier model design (MDAAE on the concatenated stride-8 map, kNN/subspace
-# fusion). Their ONNX bundles still run unchanged (the runtime only reads model.onnx + model.json);
-# only re-exporting them from the checkpoint is refused, with this message.
-OLD_CHECKPOINT_FORMATS = {"edge-inspector.checkpoint/1": "the model design before issue 13"}
+CHECKPOINT_FORMAT = "edge-inspector.checkpoint/1"
 
 
 class ParityError(InspectorError):
@@ -164,6 +160,17 @@ def _replace_metadata(onnx_path: Path, meta: dict) -> None:
     tmp.replace(onnx_path)
 
 
+def _with_all_term_statistics(state: dict, n_terms: int) -> dict:
+    """Checkpoints from before the subspace terms hold term statistics for [ae, knn] only; the
+    missing terms get the identity (mean 0, std 1), and their weight is 0 in such a bundle."""
+    state = dict(state)
+    for key, fill in (("term_mean", 0.0), ("term_std", 1.0)):
+        value = state.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() < n_terms:
+            state[key] = torch.cat([value, torch.full((n_terms - value.numel(),), fill, dtype=value.dtype)])
+    return state
+
+
 def load_checkpoint(model_dir: str | Path) -> tuple[InspectionModel, dict]:
     """Rebuild the torch model from ``MODEL_DIR/checkpoint.pt``. ModelBundleError on any defect."""
     d = Path(model_dir)
@@ -176,11 +183,6 @@ def load_checkpoint(model_dir: str | Path) -> tuple[InspectionModel, dict]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise ModelBundleError(f"{path}: corrupt checkpoint ({exc.__class__.__name__})") from None
-    if isinstance(checkpoint, dict) and checkpoint.get("format") in OLD_CHECKPOINT_FORMATS:
-        raise ModelBundleError(
-            f"{path}: checkpoint {checkpoint['format']!r} is from {OLD_CHECKPOINT_FORMATS[checkpoint['format']]}; "
-            f"its model.onnx still runs, but re-exporting needs a retrained model (edge-inspector train)"
-        )
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ModelBundleError(f"{path}: checkpoint format {found!r} is not {CHECKPOINT_FORMAT!r} (incompatible version)")
@@ -193,7 +195,8 @@ def load_checkpoint(model_dir: str | Path) -> tuple[InspectionModel, dict]:
     try:
         config = ModelConfig.from_dict(checkpoint["config"])
         model = InspectionModel(config)
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
+        state = _with_all_term_statistics(checkpoint["state_dict"], len(TERMS))
+        model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise ModelBundleError(f"{path}: checkpoint does not match the model definition ({msg[:160]})") from None

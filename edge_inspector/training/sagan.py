@@ -1,29 +1,22 @@
-"""Self-attention GAN whose discriminator is an anomaly scorer at inference (SimpleNet-shaped).
+"""Self-attention GAN parts: the SAGAN attention block, a spectrally normalised discriminator,
+the non-saturating losses, the schedule that keeps the adversarial term from hurting, and the
+Fréchet distance tracked during training.
 
-Parts:
-- ``FeatureAdaptor``: a 1×1 convolution that maps the standardised multi-level features (all levels
-  on the 32² grid, 344 channels) to a compact space (``adapted_channels``) where the discriminator
-  works; trained with it (SimpleNet's feature adaptor).
-- ``Discriminator``: per-position MLP (1×1 convs) with a SAGAN self-attention block on the 4×-pooled
-  grid whose context is added back at full resolution, so a position is judged against the whole
-  part, not only its own descriptor. Output: an *anomaly* logit per position. **This is the scorer
-  the station runs** (the GAN term of the default head).
-- ``PerturbationGenerator``: produces pseudo-anomalous inputs x + δ, δ from a small 1×1 network of
-  (input, noise), rescaled to a norm drawn in [lo, hi]·σ√C. The fixed norm band
-  keeps it from collapsing onto normal features (δ = 0) or drifting to trivial, far-away ones.
-  It is trained with the **non-saturating** loss −log(1 − D_anomalous(a + δ)), i.e. to make D call
-  its features normal: it hunts for the directions D is least sure about, the hard negatives.
-- Gaussian perturbation x + N(0, σ²) (SimpleNet's generator) stays as the base negative: it covers
-  every direction, the generator sharpens the boundary where it matters.
-
-Negatives are drawn inside random smooth blobs of the grid (5–40 % of positions), the rest of the
-map stays real: defects are local, and the self-attention context then has to tell a region from
-its surroundings instead of reading a global shift.
-
-Convergence is tracked with the Fréchet distance between the generator's (adapted) inputs and the
-real adapted inputs of the held-out good images (``FrechetReference``): it falls while the generator
-moves from its initial random directions towards the normal distribution's boundary and flattens when
-the game settles; the curve goes into ``training_curve.json`` and ``model.json``.
+GAN balance (the prototype's discriminator won at once — D loss ~0.12, G loss ~3.5 — and its
+gradient pushed reconstruction error up). What this module does about it:
+- D warm-up: D starts learning at ``d_start`` of the run, while the generator (the autoencoder)
+  still trains on reconstruction alone; the adversarial term only reaches G from ``g_start`` on,
+  once D's gradient carries information about the real feature distribution.
+- λ schedule: λ ramps linearly from 0 to ``lambda_max`` over ``ramp`` of the run, and
+  ``lambda_max`` is small (reconstruction is what the anomaly map is made of; the GAN is a
+  regulariser of the reconstruction's realism, not its objective).
+- learning-rate ratio: D learns at half G's rate (a D that outruns G saturates ``-log D(F̂)``).
+- instance noise on both D inputs (annealed to 0), so real and reconstructed distributions overlap
+  and D cannot separate them perfectly from the first steps.
+- feature matching: G also matches the mean of D's intermediate features on real vs
+  reconstructed maps, a gradient that stays informative when D is confident.
+- adaptive D steps: D skips its update while its loss is below ``d_loss_floor`` (it is already
+  winning; more steps would only sharpen its logits).
 """
 
 from __future__ import annotations
@@ -66,105 +59,73 @@ class SelfAttention2d(nn.Module):
         return x + self.gamma * self.out(mixed)
 
 
+class Discriminator(nn.Module):
+    """Judges real standardised feature maps F against reconstructions F̂ (patch logits).
+
+    Spectral norm on every layer (Lipschitz-bounded D, the SAGAN recipe) and a self-attention
+    block at the middle resolution so D can judge global consistency, not only local texture.
+    """
+
+    def __init__(self, in_channels: int, width: int = 64) -> None:
+        super().__init__()
+        # 1×1 stem: a 3×3 conv over 344 channels at the full grid would cost more than the whole
+        # autoencoder; spatial context comes from the strided 4×4 convs and the attention block.
+        self.stem = nn.Sequential(spectral_norm(nn.Conv2d(in_channels, width, 1)), nn.LeakyReLU(0.2))
+        self.down1 = nn.Sequential(spectral_norm(nn.Conv2d(width, width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2))
+        self.attention = SelfAttention2d(width, spectral=True)
+        self.down2 = nn.Sequential(spectral_norm(nn.Conv2d(width, width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2))
+        self.logits = spectral_norm(nn.Conv2d(width, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h1 = self.stem(x)
+        h2 = self.attention(self.down1(h1))
+        h3 = self.down2(h2)
+        return self.logits(h3), [h1, h2, h3]
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Standard GAN D loss: −log D(F) − log(1 − D(F̂)), written with softplus for stability."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss −log D(F̂)."""
+    return F.softplus(-fake_logits).mean()
+
+
+def feature_matching_loss(real_feats: list[torch.Tensor], fake_feats: list[torch.Tensor]) -> torch.Tensor:
+    """Match per-channel means of D's intermediate activations (Salimans et al. 2016)."""
+    loss = real_feats[0].new_zeros(())
+    for real, fake in zip(real_feats, fake_feats):
+        loss = loss + F.mse_loss(fake.mean(dim=(0, 2, 3)), real.detach().mean(dim=(0, 2, 3)))
+    return loss / len(real_feats)
+
+
 @dataclass(frozen=True)
-class GanConfig:
-    in_channels: int
-    adapted_channels: int = 128
-    hidden_channels: int = 128
-    noise_channels: int = 16
-    # negatives: per-channel strength in [lo, hi]·sigma (standardised units of the residual input);
-    # the generator's perturbation norm is strength·√C
-    sigma: float = 1.0
-    generator_norm: tuple[float, float] = (0.5, 1.5)
-    attention_pool: int = 4
+class GanSchedule:
+    """When and how strongly the adversarial term acts, as fractions of the training run."""
+
+    d_start: float = 0.15  # D begins learning (warm-up) while G trains on reconstruction only
+    g_start: float = 0.30  # adversarial gradient starts reaching G
+    ramp: float = 0.30  # λ rises linearly from 0 to lambda_max over this fraction
+    lambda_max: float = 0.02
+    feature_matching_weight: float = 1.0
+    d_lr_ratio: float = 0.5  # D learning rate = ratio × G learning rate
+    instance_noise: float = 0.3  # std of noise added to D inputs at d_start, annealed to 0 at the end
+    d_loss_floor: float = 0.3  # skip the D step while its loss is below this (D already winning)
+
+    def adv_weight(self, progress: float) -> float:
+        if progress < self.g_start:
+            return 0.0
+        return self.lambda_max * min(1.0, (progress - self.g_start) / max(self.ramp, 1e-6))
+
+    def noise_std(self, progress: float) -> float:
+        if progress < self.d_start:
+            return self.instance_noise
+        return self.instance_noise * max(0.0, 1.0 - (progress - self.d_start) / max(1.0 - self.d_start, 1e-6))
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "generator_norm": list(self.generator_norm)}
-
-
-class FeatureAdaptor(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-class Discriminator(nn.Module):
-    """Adapted features N×A×G×G → anomaly logits N×1×G×G (high = anomalous)."""
-
-    def __init__(self, channels: int, hidden: int, pool: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.LeakyReLU(0.2))
-        self.attention = SelfAttention2d(hidden)
-        self.pool = pool
-        self.head = nn.Conv2d(hidden, 1, 1)
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        h = self.body(a)
-        # Attention over the pooled grid (every region against every other one) at 1/pool² of the
-        # cost of full-resolution attention; its context is added back at every position.
-        pooled = F.avg_pool2d(h, self.pool)
-        context = self.attention(pooled) - pooled
-        h = h + F.interpolate(context, size=h.shape[-2:], mode="bilinear", align_corners=False)
-        return self.head(h)
-
-
-class GanScorer(nn.Module):
-    """Standardised 32²-grid features → anomaly logit map: the GAN's part in the inference graph."""
-
-    def __init__(self, config: GanConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.adaptor = FeatureAdaptor(config.in_channels, config.adapted_channels)
-        self.discriminator = Discriminator(config.adapted_channels, config.hidden_channels, config.attention_pool)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(self.adaptor(z))
-
-
-class PerturbationGenerator(nn.Module):
-    """(adapted features, noise) → perturbation δ with ‖δ‖ = radius per position."""
-
-    def __init__(self, channels: int, noise_channels: int) -> None:
-        super().__init__()
-        self.noise_channels = noise_channels
-        self.net = nn.Sequential(nn.Conv2d(channels + noise_channels, 128, 1), nn.LeakyReLU(0.2), nn.Conv2d(128, channels, 1))
-
-    def forward(self, a: torch.Tensor, radius: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn(a.shape[0], self.noise_channels, *a.shape[2:], generator=generator)
-        direction = self.net(torch.cat([a.detach(), noise.to(a.device)], dim=1))
-        return radius * direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-6)
-
-
-def blob_masks(n: int, grid: int, generator: torch.Generator, low: float = 0.05, high: float = 0.4) -> torch.Tensor:
-    """``n`` random smooth blobs on a grid×grid map (a fraction in [low, high] of it), N×1×g×g bool."""
-    coarse = max(2, grid // 4)
-    noise = F.interpolate(torch.rand(n, 1, coarse, coarse, generator=generator), size=(grid, grid),
-                          mode="bicubic", align_corners=False)
-    fraction = torch.empty(n).uniform_(low, high, generator=generator)
-    cut = torch.stack([torch.quantile(noise[i].flatten(), 1.0 - fraction[i]) for i in range(n)])
-    return noise > cut[:, None, None, None]
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp_min(1)
-
-
-def discriminator_loss(real: torch.Tensor, fakes: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy on anomaly logits (softplus form): real maps → normal everywhere;
-    perturbed maps → anomalous inside the blob, normal outside it."""
-    loss = F.softplus(real).mean()
-    for fake in fakes:
-        loss = loss + masked_mean(F.softplus(-fake), mask) + masked_mean(F.softplus(fake), ~mask)
-    return loss
-
-
-def generator_loss(fake: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Non-saturating generator loss: −log(1 − D_anomalous) = softplus(logit) inside the blob — its
-    gradient stays strong exactly when D confidently spots the generated features."""
-    return masked_mean(F.softplus(fake), mask)
+        return dict(self.__dict__)
 
 
 def pooled_descriptors(features: torch.Tensor, grid: int = 4) -> np.ndarray:

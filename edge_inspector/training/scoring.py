@@ -2,25 +2,32 @@
 exported as is to ONNX so the runtime needs nothing but onnxruntime.
 
 Heads (``model.json: head``):
-  default  what a station runs: the paper's model, MDAAE + self-attention GAN. Two terms, each
-           standardised by its mean/std on held-out good images and summed with the weights in
-           ``fusion_weights``:
-             ae   the MDAAE reconstruction discrepancy (mdaae.py)
-             gan  the GAN discriminator's anomaly logit on the adapted MDAAE residual (sagan.py)
-  aegan    the same model as ``default`` (the name the paper's model has always had)
-  ae       the MDAAE term alone (ablation)
-  gan      the GAN scorer alone (ablation; it still runs the MDAAE, whose residual it reads)
-  knn      PatchCore-style nearest-neighbour distance to a coreset memory bank on the raw
-           (mean-centred) backbone features: the reference, not run by stations
+  ae       autoencoder discrepancy (MDAAE trained on reconstruction only)
+  aegan    the paper's model: MDAAE trained with the self-attention GAN, same discrepancy map
+  knn      PatchCore-style nearest-neighbour distance to a coreset memory bank, on the raw
+           (mean-centred, not standardised) backbone features by default, as in PatchCore
+  default  what a station runs: a weighted sum of terms, each standardised by its mean/std on
+           held-out good images; the weights are chosen at training time on faint synthetic
+           anomalies drawn on held-out good images (fusion.py). Terms (``TERMS``):
+             ae   the AE-GAN discrepancy below
+             knn  the kNN distance (as the knn head)
+             sub  the kNN distance inside the top-d principal subspace of the good patch features
+                  (``subspace_dim``): drops the low-variance directions, where noise lives on
+                  some parts; also the cheapest term (a d-dimensional matmul instead of C)
+             res  the energy outside that subspace, ‖x‖² − ‖Vᵀx‖² — a linear autoencoder's
+                  reconstruction error: faint defects on textured parts live there
+           Only the terms with a non-zero weight are in the exported graph.
 
-Autoencoder discrepancy per 32² grid cell: Σ_levels (1 − cos)/mean + ‖·‖²/mean, each level's term
-upsampled from its own grid and divided by its mean on good training images (``ae_term_scales``).
+Autoencoder discrepancy per grid cell: ``0.5·L2/mean(L2) + 0.5·(1−cos)/mean(1−cos)`` on the
+standardised features, each term divided by its mean on good training images (the prototype's
+best image-level definition: plain ``1 − cos`` was worst on textures, L2 alone best at pixel level,
+the balanced sum best overall).
 
-Map → score: the fused grid map is smoothed on the coarse grid (σ = 1 cell: cheap, and it removes
-single-cell noise before it is blown up 8×), upsampled bilinearly to S×S, then the affine score
-normalisation fitted on held-out good images; the image score is the map's maximum. The map and
-the score share units, so the runtime can threshold the map at the image threshold to find defect
-regions, and an image with score ≥ threshold always has at least one map pixel ≥ threshold.
+Map → score: bilinear upsampling from the stride-8 grid to S×S, separable Gaussian smoothing
+(σ = 4 px at 256², scaled with S) with reflect padding, then the affine score normalisation fitted
+on held-out good images; the image score is the map's maximum. The map and the score share units,
+so the runtime can threshold the map at the image threshold to find defect regions, and an image
+with score ≥ threshold always has at least one map pixel ≥ threshold.
 """
 
 from __future__ import annotations
@@ -35,15 +42,13 @@ from torch import nn
 from edge_inspector.training.backbone import DEFAULT_TAPS, FeatureExtractor, Tap
 from edge_inspector.training.knn import KnnScorer
 from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_terms
-from edge_inspector.training.sagan import GanConfig, GanScorer
 
-HEADS = ("default", "aegan", "ae", "gan", "knn")
-AE_HEADS = ("default", "aegan", "ae", "gan")  # the GAN scorer reads the MDAAE's residual
-GAN_HEADS = ("default", "aegan", "gan")
-KNN_HEADS = ("knn",)
-FUSED_HEADS = ("default", "aegan")
-TERMS = ("ae", "gan")  # order of term_mean / term_std
-DEFAULT_FUSION = {"ae": 0.7, "gan": 0.3}
+HEADS = ("default", "aegan", "ae", "knn")
+AE_HEADS = ("default", "aegan", "ae")
+KNN_HEADS = ("default", "knn")
+GAN_HEADS = ("default", "aegan")
+KNN_FEATURES = ("raw", "standardised")
+TERMS = ("ae", "knn", "sub", "res")  # order of term_mean / term_std
 
 
 @dataclass
@@ -52,11 +57,18 @@ class ModelConfig:
     image_size: int
     taps: tuple[Tap, ...] = DEFAULT_TAPS
     mdaae: MdaaeConfig | None = None
-    gan: GanConfig | None = None
     bank_size: int = 0
-    # Gaussian smoothing of the grid map before upsampling, in grid cells (stride-8 cells)
-    smoothing_sigma_cells: float = 0.5
-    fusion_weights: dict = field(default_factory=lambda: dict(DEFAULT_FUSION))
+    smoothing_sigma_px: float | None = None  # None: 4 px at 256², scaled with the image size
+    fusion_weights: dict = field(default_factory=lambda: {"ae": 0.5, "knn": 0.5})
+    # kNN feature space: "raw" = backbone features minus the mean (PatchCore's space; the bank holds
+    # (f − μ) and the query is z·σ), "standardised" = the AE's per-channel standardised features.
+    knn_features: str = "raw"
+    # default head: dimension of the principal subspace behind the "sub" and "res" terms (0 = none)
+    subspace_dim: int = 0
+
+    @property
+    def sigma(self) -> float:
+        return self.smoothing_sigma_px if self.smoothing_sigma_px else 4.0 * self.image_size / 256.0
 
     def as_dict(self) -> dict:
         return {
@@ -64,24 +76,26 @@ class ModelConfig:
             "image_size": self.image_size,
             "taps": [t.as_dict() for t in self.taps],
             "mdaae": self.mdaae.as_dict() if self.mdaae else None,
-            "gan": self.gan.as_dict() if self.gan else None,
             "bank_size": self.bank_size,
-            "smoothing_sigma_cells": self.smoothing_sigma_cells,
+            "smoothing_sigma_px": self.smoothing_sigma_px,
             "fusion_weights": dict(self.fusion_weights),
+            "knn_features": self.knn_features,
+            "subspace_dim": self.subspace_dim,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        mdaae, gan = d.get("mdaae"), d.get("gan")
+        mdaae = d.get("mdaae")
         return cls(
             head=d["head"],
             image_size=int(d["image_size"]),
             taps=tuple(Tap(**t) for t in d["taps"]),
             mdaae=MdaaeConfig(**{**mdaae, "level_channels": tuple(mdaae["level_channels"])}) if mdaae else None,
-            gan=GanConfig(**{**gan, "generator_norm": tuple(gan["generator_norm"])}) if gan else None,
             bank_size=int(d.get("bank_size", 0)),
-            smoothing_sigma_cells=float(d.get("smoothing_sigma_cells", 0.5)),
-            fusion_weights=dict(d.get("fusion_weights") or DEFAULT_FUSION),
+            smoothing_sigma_px=d.get("smoothing_sigma_px"),
+            fusion_weights=dict(d.get("fusion_weights") or {"ae": 0.5, "knn": 0.5}),
+            knn_features=d.get("knn_features", "standardised"),  # bundles from before the option
+            subspace_dim=int(d.get("subspace_dim", 0)),
         )
 
 
@@ -92,23 +106,6 @@ def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def upsample_to(grid: torch.Tensor, size) -> torch.Tensor:
-    if grid.shape[-2:] == tuple(size):
-        return grid
-    return F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-def concat_levels(levels: list[torch.Tensor]) -> torch.Tensor:
-    """All levels on the finest grid, concatenated (N×ΣC×G×G): the GAN scorer's and kNN's input."""
-    size = levels[0].shape[-2:]
-    return torch.cat([upsample_to(z, size) for z in levels], dim=1)
-
-
-def residual_map(levels: list[torch.Tensor], recon: list[torch.Tensor]) -> torch.Tensor:
-    """The MDAAE's per-level residuals Z − Ẑ on the finest grid (N×ΣC×G×G): the GAN scorer's input."""
-    return concat_levels([z - r for z, r in zip(levels, recon)])
-
-
 class InspectionModel(nn.Module):
     """Image N×3×S×S (TF-normalised RGB from Preprocessor.prepare) → (map N×1×S×S, score N)."""
 
@@ -116,89 +113,107 @@ class InspectionModel(nn.Module):
         super().__init__()
         if config.head not in HEADS:
             raise ValueError(f"unknown head {config.head!r}")
+        if config.knn_features not in KNN_FEATURES:
+            raise ValueError(f"unknown kNN feature space {config.knn_features!r}")
         self.config = config
         self.backbone = FeatureExtractor(config.taps)
         channels = self.backbone.out_channels
-        self.level_channels = [t.channels for t in config.taps]
         self.register_buffer("feature_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("feature_std", torch.ones(1, channels, 1, 1))
         # Heads are attached empty here and filled by training or by load_state_dict from a checkpoint.
         self.mdaae = Mdaae(config.mdaae) if config.head in AE_HEADS and config.mdaae else None
-        self.gan = GanScorer(config.gan) if config.head in GAN_HEADS and config.gan else None
-        self.knn = KnnScorer(torch.zeros(config.bank_size, channels)) if config.head in KNN_HEADS and config.bank_size > 0 else None
-        n_levels = len(config.taps)
-        # Fitted on good images after training (assemble.py): per-level AE term means (cos then L2),
-        # per-term standardisation for the fused heads, and the final score normalisation.
-        self.register_buffer("ae_term_scales", torch.ones(2 * n_levels))
-        self.register_buffer("term_mean", torch.zeros(len(TERMS)))
+        self.knn = (
+            KnnScorer(torch.zeros(config.bank_size, channels)) if config.head in KNN_HEADS and config.bank_size > 0 else None
+        )
+        # Fitted on good images after training (see train.py): AE term scales, per-term
+        # standardisation for the default head, and the final score normalisation.
+        self.register_buffer("ae_term_scales", torch.ones(2))  # mean L2, mean (1 − cos) on good images
+        self.register_buffer("term_mean", torch.zeros(len(TERMS)))  # per term (TERMS order), held-out good
         self.register_buffer("term_std", torch.ones(len(TERMS)))
+        dim = config.subspace_dim if config.head == "default" else 0
+        # Principal subspace of the good patch features (in the kNN feature space), C×d, and the
+        # memory bank projected onto it.
+        self.register_buffer("subspace", torch.zeros(channels, dim) if dim else None)
+        self.knn_sub = KnnScorer(torch.zeros(config.bank_size, dim)) if dim and config.bank_size > 0 else None
         self.register_buffer("score_offset", torch.zeros(()))
         self.register_buffer("score_scale", torch.ones(()))
-        kernel = gaussian_kernel_1d(config.smoothing_sigma_cells) if config.smoothing_sigma_cells > 0 else torch.ones(1)
+        kernel = gaussian_kernel_1d(config.sigma)
         self.register_buffer("smooth_x", kernel.view(1, 1, 1, -1))
         self.register_buffer("smooth_y", kernel.view(1, 1, -1, 1))
         self.smooth_radius = (kernel.numel() - 1) // 2
 
     # -- features -------------------------------------------------------------------------
-    def standardised_levels(self, image: torch.Tensor) -> list[torch.Tensor]:
-        levels = self.backbone.native_levels(image)
-        means = torch.split(self.feature_mean, self.level_channels, dim=1)
-        stds = torch.split(self.feature_std, self.level_channels, dim=1)
-        return [(z - m) / s for z, m, s in zip(levels, means, stds)]
+    def standardised_features(self, image: torch.Tensor) -> torch.Tensor:
+        return (self.backbone(image) - self.feature_mean) / self.feature_std
 
-    # -- per-term grid maps (N×1×G×G on the finest grid) -------------------------------------
-    def ae_term(self, levels: list[torch.Tensor], recon: list[torch.Tensor]) -> torch.Tensor:
-        cos, l2 = reconstruction_terms(levels, recon)
-        size = levels[0].shape[-2:]
-        total = None
-        for k, term in enumerate(cos + l2):
-            part = upsample_to(term, size) / self.ae_term_scales[k]
-            total = part if total is None else total + part
-        return total
+    # -- per-term grid maps ---------------------------------------------------------------
+    def ae_term(self, z: torch.Tensor) -> torch.Tensor:
+        l2, cos = reconstruction_terms(z, self.mdaae(z))
+        return 0.5 * l2 / self.ae_term_scales[0] + 0.5 * cos / self.ae_term_scales[1]
 
-    def gan_term(self, levels: list[torch.Tensor], recon: list[torch.Tensor]) -> torch.Tensor:
-        return self.gan(residual_map(levels, recon))
+    def knn_space(self, z: torch.Tensor) -> torch.Tensor:
+        if self.config.knn_features == "raw":
+            return z * self.feature_std  # = f − μ: distances in the backbone's own units
+        return z
 
-    def knn_term(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        return self.knn(concat_levels(levels) * self.feature_std)  # = f − μ: PatchCore's own units
+    def knn_term(self, z: torch.Tensor) -> torch.Tensor:
+        return self.knn(self.knn_space(z))
 
-    def term_grids(self, levels: list[torch.Tensor], names) -> dict[str, torch.Tensor]:
-        recon = self.mdaae(levels)  # one MDAAE pass feeds both terms
+    def available_terms(self) -> tuple[str, ...]:
+        have = {"ae": self.mdaae is not None, "knn": self.knn is not None,
+                "sub": self.knn_sub is not None, "res": self.subspace is not None}
+        return tuple(t for t in TERMS if have[t])
+
+    def term_grids(self, z: torch.Tensor, names) -> dict[str, torch.Tensor]:
+        """The requested terms' grid maps N×1×G×G (unstandardised)."""
         out: dict[str, torch.Tensor] = {}
         if "ae" in names:
-            out["ae"] = self.ae_term(levels, recon)
-        if "gan" in names:
-            out["gan"] = self.gan_term(levels, recon)
+            out["ae"] = self.ae_term(z)
+        if "knn" in names:
+            out["knn"] = self.knn_term(z)
+        if "sub" in names or "res" in names:
+            x = self.knn_space(z)
+            # A 1×1 convolution: the projection onto the subspace exports as one plain Conv.
+            q = F.conv2d(x, self.subspace.t()[:, :, None, None])
+            if "sub" in names:
+                out["sub"] = self.knn_sub(q)
+            if "res" in names:
+                energy = x.pow(2).sum(dim=1, keepdim=True) - q.pow(2).sum(dim=1, keepdim=True)
+                out["res"] = energy.clamp_min(0.0).sqrt()
         return out
 
-    def raw_grid_map(self, levels: list[torch.Tensor]) -> torch.Tensor:
+    def standardised_term(self, name: str, grid: torch.Tensor) -> torch.Tensor:
+        i = TERMS.index(name)
+        return (grid - self.term_mean[i]) / self.term_std[i]
+
+    def raw_grid_map(self, z: torch.Tensor) -> torch.Tensor:
         head = self.config.head
+        if head in ("ae", "aegan"):
+            return self.ae_term(z)
         if head == "knn":
-            return self.knn_term(levels)
-        if head in ("ae", "gan"):
-            return self.term_grids(levels, (head,))[head]
-        # The weights are Python floats, so which terms are computed is fixed at export time.
+            return self.knn_term(z)
+        # The weights are Python floats, so which terms are computed is fixed at export time: a
+        # term the good-only selection dropped is not in the ONNX graph at all.
         weights = {t: float(v) for t, v in self.config.fusion_weights.items() if float(v) != 0.0}
-        grids = self.term_grids(levels, weights)
+        grids = self.term_grids(z, weights)
         total = None
         for name in TERMS:
             if name in weights:
-                i = TERMS.index(name)
-                part = weights[name] * (grids[name] - self.term_mean[i]) / self.term_std[i]
+                part = weights[name] * self.standardised_term(name, grids[name])
                 total = part if total is None else total + part
         return total
 
     # -- grid → image-size map ------------------------------------------------------------
-    def smooth_and_upsample(self, grid_map: torch.Tensor, size: int) -> torch.Tensor:
+    def upsample_and_smooth(self, grid_map: torch.Tensor, size: int) -> torch.Tensor:
+        up = F.interpolate(grid_map, size=(size, size), mode="bilinear", align_corners=False)
         r = self.smooth_radius
-        if r > 0:  # on the coarse grid: 64× fewer pixels than smoothing the upsampled map
-            grid_map = F.conv2d(F.pad(grid_map, (r, r, 0, 0), mode="replicate"), self.smooth_x)
-            grid_map = F.conv2d(F.pad(grid_map, (0, 0, r, r), mode="replicate"), self.smooth_y)
-        return F.interpolate(grid_map, size=(size, size), mode="bilinear", align_corners=False)
+        up = F.conv2d(F.pad(up, (r, r, 0, 0), mode="reflect"), self.smooth_x)
+        return F.conv2d(F.pad(up, (0, 0, r, r), mode="reflect"), self.smooth_y)
 
     def raw_map(self, image: torch.Tensor) -> torch.Tensor:
-        """S×S map before the final score normalisation (used for calibration)."""
-        return self.smooth_and_upsample(self.raw_grid_map(self.standardised_levels(image)), image.shape[-1])
+        """Smoothed S×S map before the final score normalisation (used for calibration)."""
+        z = self.standardised_features(image)
+        return self.upsample_and_smooth(self.raw_grid_map(z), image.shape[-1])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         anomaly_map = (self.raw_map(image) - self.score_offset) / self.score_scale
@@ -208,7 +223,7 @@ class InspectionModel(nn.Module):
 
 def score_units_note() -> str:
     return (
-        "map and score = (raw map - offset) / scale, offset/scale = mean/std of the raw image "
+        "map and score = (smoothed raw map - offset) / scale, offset/scale = mean/std of the raw image "
         "scores of held-out good training images: 0 is a typical good part, units are standard deviations"
     )
 
