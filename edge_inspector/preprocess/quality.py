@@ -63,30 +63,29 @@ def _luma_u8(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2GRAY)
 
 
-def measure(image: np.ndarray, saturated_level: int = SATURATED_LEVEL, black_level: int = BLACK_LEVEL) -> Exposure:
-    """Exposure figures of one uint8 frame (H×W grey or H×W×3 BGR)."""
-    s = _sample(image)
-    if s.ndim == 3 and s.shape[2] == 1:
-        s = s[:, :, 0]
-    if s.ndim == 2:
-        luma = s.astype(np.float32)
-        brightest = s
-    else:
-        luma = cv2.cvtColor(np.ascontiguousarray(s[:, :, :3]), cv2.COLOR_BGR2GRAY).astype(np.float32)
-        brightest = s[:, :, :3].max(axis=2)
+def _measure_sample(s: np.ndarray, saturated_level: int, black_level: int) -> tuple[Exposure, np.ndarray]:
+    """Exposure figures of an already subsampled frame, and its luma (uint8)."""
+    luma = _luma_u8(s)
+    brightest = luma if s.ndim == 2 or s.shape[2] == 1 else s[:, :, :3].max(axis=2)
     return Exposure(
         mean_luma=float(luma.mean()),
         saturated_fraction=float((brightest >= saturated_level).mean()),
         black_fraction=float((luma <= black_level).mean()),
-    )
+    ), luma
+
+
+def measure(image: np.ndarray, saturated_level: int = SATURATED_LEVEL, black_level: int = BLACK_LEVEL) -> Exposure:
+    """Exposure figures of one uint8 frame (H×W grey or H×W×3 BGR)."""
+    return _measure_sample(_sample(image), saturated_level, black_level)[0]
 
 
 def exposure_stats(images: Iterable[np.ndarray]) -> dict:
     """Training-set exposure figures for model.json ``preprocess.exposure`` (images: uint8 BGR or grey)."""
     figures, histogram = [], np.zeros(256, dtype=np.float64)
     for img in images:
-        figures.append(measure(img))
-        histogram += np.bincount(_luma_u8(_sample(img)).ravel(), minlength=256)
+        figure, luma = _measure_sample(_sample(img), SATURATED_LEVEL, BLACK_LEVEL)
+        figures.append(figure)
+        histogram += np.bincount(luma.ravel(), minlength=256)
     if not figures:
         raise ValueError("exposure_stats needs at least one image")
     means = [f.mean_luma for f in figures]
@@ -173,22 +172,19 @@ class QualityGate:
             return None
         e = measure(self._crop(image), self.saturated_level, self.black_level)
         key = "preprocess.quality"
-        sat_limit = self.max_saturated_fraction
-        if self.train_saturated_max is not None:
-            sat_limit = min(sat_limit, self.train_saturated_max + self.saturated_margin)
-        if e.saturated_fraction > sat_limit:
-            basis = (f"training max {self.train_saturated_max:.1%} + {key}.saturated_margin" if self.train_saturated_max is not None
-                     and sat_limit < self.max_saturated_fraction else f"{key}.max_saturated_fraction")
-            return "overexposed", (f"overexposed: {e.saturated_fraction:.1%} of pixels saturated (≥ {self.saturated_level}), "
-                                   f"limit {sat_limit:.1%} ({basis})")
-        black_limit = self.max_black_fraction
-        if self.train_black_max is not None:
-            black_limit = min(black_limit, self.train_black_max + self.black_margin)
-        if e.black_fraction > black_limit:
-            basis = (f"training max {self.train_black_max:.1%} + {key}.black_margin" if self.train_black_max is not None
-                     and black_limit < self.max_black_fraction else f"{key}.max_black_fraction")
-            return "underexposed", (f"underexposed: {e.black_fraction:.1%} of pixels black (≤ {self.black_level}), "
-                                    f"limit {black_limit:.1%} ({basis})")
+        clipped = (
+            ("overexposed", e.saturated_fraction, self.max_saturated_fraction, self.train_saturated_max, "saturated",
+             f"saturated (≥ {self.saturated_level})"),
+            ("underexposed", e.black_fraction, self.max_black_fraction, self.train_black_max, "black",
+             f"black (≤ {self.black_level})"),
+        )
+        for kind, fraction, hard_max, train_max, name, what in clipped:
+            limit, basis = hard_max, f"{key}.max_{name}_fraction"
+            margin = self.saturated_margin if name == "saturated" else self.black_margin
+            if train_max is not None and train_max + margin < hard_max:
+                limit, basis = train_max + margin, f"training max {train_max:.1%} + {key}.{name}_margin"
+            if fraction > limit:
+                return kind, f"{kind}: {fraction:.1%} of pixels {what}, limit {limit:.1%} ({basis})"
         if e.mean_luma > self.max_mean:
             return "overexposed", f"overexposed: mean brightness {e.mean_luma:.0f} above {key}.max_mean={self.max_mean:g}"
         if e.mean_luma < self.min_mean:
