@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from edge_inspector import __version__
 from edge_inspector.observer import PipelineObserver
+from edge_inspector.threads import restart_counts
 
 NAMESPACE = "edge_inspector"
 
@@ -172,8 +173,6 @@ def create_ops_component(supervisor: Any) -> Optional[MetricsObserver]:
         return None
     metrics = MetricsObserver(station=f"{cfg.station.line}/{cfg.station.name}")
     metrics.watch_heartbeats(supervisor.stage_heartbeats)
-    from edge_inspector.threads import restart_counts
-
     metrics.watch_counters("thread_restarts", "Supervised threads restarted after an exception (see threads.py)",
                            restart_counts, label="thread")
     if hasattr(supervisor, "disk_states"):

@@ -49,6 +49,7 @@ class HealthServer:
         self._heartbeats = heartbeats
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+        self._stopping = threading.Event()  # ends the supervised serve loop's restarts
 
     def attach(self, heartbeats: Callable[[], Mapping[str, float]], heartbeat_timeout_s: Optional[float] = None) -> None:
         self._heartbeats = heartbeats
@@ -88,14 +89,12 @@ class HealthServer:
         self._httpd = httpd
         # serve_forever marks itself shut down even when it raises, so stop() never waits on a
         # crashed loop; a restart simply serves again on the same socket.
-        self._stopping = threading.Event()
         self._thread = start_supervised("health-http", lambda: httpd.serve_forever(poll_interval=0.5), self._stopping)
         log.info("health_listening", url=self.url)
         return self
 
     def stop(self) -> None:
-        if getattr(self, "_stopping", None) is not None:
-            self._stopping.set()
+        self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -122,8 +121,6 @@ class HealthServer:
             ages = dict(self._heartbeats())
         except Exception as exc:  # noqa: BLE001 - the probe failing is itself unhealthy
             return 503, {"status": "error", "reason": f"heartbeat probe failed: {type(exc).__name__}: {exc}"}
-        if not ages:
-            return 503, {"status": "starting", "reason": "no stage has reported a heartbeat yet"}
         blocking: Mapping[str, str] = {}
         warnings: Mapping[str, str] = {}
         if self._conditions is not None:
