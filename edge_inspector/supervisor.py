@@ -367,12 +367,11 @@ class Supervisor:
 
     def warnings(self) -> dict[str, str]:
         """Degraded but still delivering (name → reason): reported, /healthz stays 200."""
-        found = {}
-        for component in self.ops:
-            reason = getattr(component, "disk_full", None) if isinstance(component, archive_store.ArchiveStore) else None
-            if reason:
-                found["archive"] = reason
-        return found
+        archive = self._archive()
+        return {"archive": archive.disk_full} if archive is not None and archive.disk_full else {}
+
+    def _archive(self) -> Optional[archive_store.ArchiveStore]:
+        return next((c for c in self.ops if isinstance(c, archive_store.ArchiveStore)), None)
 
     def liveness(self) -> tuple[bool, dict]:
         """The /healthz verdict and body, also published in P/health's ``liveness`` section."""
@@ -380,11 +379,9 @@ class Supervisor:
 
     def disk_states(self) -> dict[str, float]:
         """1 for a store whose disk is full now (outbox, archive), else 0 — for the metric."""
-        states = {"outbox": 1.0 if getattr(getattr(self.publisher, "outbox", None), "disk_full", None) else 0.0}
-        for component in self.ops:
-            if isinstance(component, archive_store.ArchiveStore):
-                states["archive"] = 1.0 if component.disk_full else 0.0
-        return states
+        full = {**self.conditions(), **self.warnings()}
+        stores = ("outbox", "archive") if self._archive() is not None else ("outbox",)
+        return {store: 1.0 if store in full else 0.0 for store in stores}
 
     def snapshot(self) -> Optional[np.ndarray]:
         return None if self.pipeline is None else self.pipeline.last_image
