@@ -193,7 +193,10 @@ def bench_dataset(name: str, model_dir: Path, data_dir: Path, lightings: list[st
         "model_dir": str(model_dir),
         "model": {"name": bundle.name, "sha256": bundle.sha256, "head": bundle.head, "lighting": recorded,
                   "threshold": bundle.threshold, "image_size": bundle.image_size,
-                  "has_exposure_stats": bool(((bundle.train_stats or {}).get("exposure")))},
+                  "has_exposure_stats": bool(((bundle.train_stats or {}).get("exposure"))),
+                  # the training images' exposure (mean luma range, saturated/black shares) docs cite
+                  "exposure": {k: v for k, v in ((bundle.train_stats or {}).get("exposure") or {}).items()
+                               if k != "luma_percentiles"}},
         "data_dir": str(data_dir),
         "n_good": int((labels == 0).sum()),
         "n_defective": int((labels == 1).sum()),
