@@ -10,10 +10,9 @@ range cannot say:
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
-from pydantic import AllowInfNan, BeforeValidator
+from pydantic import AllowInfNan, BeforeValidator, Field, TypeAdapter, ValidationError
 
 
 def not_a_boolean(value: Any) -> Any:
@@ -31,13 +30,16 @@ Integer = Annotated[int, BeforeValidator(not_a_boolean)]
 THRESHOLD_RANGE = {"gt": 0, "le": 1_000_000}
 
 
+_THRESHOLD = TypeAdapter(Annotated[FiniteFloat, Field(**THRESHOLD_RANGE)])
+
+
 def threshold_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be an image threshold, or None: the one rule for every path that sets
-    one at run time (``P/cmd/set-threshold``, ``PipelineControl.set_threshold``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"threshold must be a number, not {value!r}"
-    if not math.isfinite(value):
-        return f"threshold must be finite, not {value}"
-    if not THRESHOLD_RANGE["gt"] < value <= THRESHOLD_RANGE["le"]:
-        return f"threshold must be > {THRESHOLD_RANGE['gt']} and <= {THRESHOLD_RANGE['le']:g}, not {value:g}"
+    """Why ``value`` cannot be an image threshold, or None: the same type and range as
+    ``model.threshold`` and ``P/cmd/set-threshold``, for ``PipelineControl.set_threshold``."""
+    try:
+        _THRESHOLD.validate_python(value)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        return (f"threshold must be a finite number > {THRESHOLD_RANGE['gt']} and <= {THRESHOLD_RANGE['le']:g}, "
+                f"not {value!r} ({reason})")
     return None
