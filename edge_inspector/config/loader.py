@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from edge_inspector.config.models import Config
+from edge_inspector.config.numbers import error_text
 from edge_inspector.errors import ConfigError
 
 # Keys whose relative paths are resolved against the config file's folder, so that a station
@@ -167,13 +168,11 @@ def _format_validation_error(exc: ValidationError, source: str, tree: Any, overr
     err = exc.errors()[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
     key = ".".join(str(p) for p in loc) or "(top level)"
-    msg = err["msg"]
+    msg = error_text(err)
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"
-    elif err["type"] == "value_error":
-        msg = msg.removeprefix("Value error, ")  # our validators' own words
     override = _override_for(loc, overrides) if loc else None
     if override is not None:
         # The value came from the command line: pointing at a line of the file would mislead.

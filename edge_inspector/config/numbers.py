@@ -30,6 +30,12 @@ Integer = Annotated[int, BeforeValidator(not_a_boolean)]
 THRESHOLD_RANGE = {"gt": 0, "le": 1_000_000}
 
 
+def error_text(err: dict) -> str:
+    """One pydantic error's message; our own validators' words without pydantic's "Value error, "."""
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ") if err.get("type") == "value_error" else msg
+
+
 _THRESHOLD = TypeAdapter(Annotated[FiniteFloat, Field(**THRESHOLD_RANGE)])
 
 
@@ -39,7 +45,7 @@ def threshold_problem(value: Any) -> str | None:
     try:
         _THRESHOLD.validate_python(value)
     except ValidationError as exc:
-        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        reason = error_text(exc.errors()[0])
         return (f"threshold must be a finite number > {THRESHOLD_RANGE['gt']} and <= {THRESHOLD_RANGE['le']:g}, "
                 f"not {value!r} ({reason})")
     return None

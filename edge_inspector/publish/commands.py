@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_inspector.config.numbers import THRESHOLD_RANGE, FiniteFloat, Integer
+from edge_inspector.config.numbers import THRESHOLD_RANGE, FiniteFloat, Integer, error_text
 from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineControl
@@ -96,8 +96,7 @@ def validation_message(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e.get("loc", ())) or "payload"
-        msg = e.get("msg", "invalid")
-        parts.append(f"{where}: {msg.removeprefix('Value error, ') if e.get('type') == 'value_error' else msg}")
+        parts.append(f"{where}: {error_text(e)}")
     return "; ".join(parts)
 
 
