@@ -25,6 +25,7 @@ _PATH_KEYS = (
     ("archive", "path"),
     ("preprocess", "flat_field_reference"),
     ("mqtt", "password_file"),
+    ("health", "token_file"),
     ("mqtt", "tls", "ca_file"),
     ("mqtt", "tls", "cert_file"),
     ("mqtt", "tls", "key_file"),

@@ -230,6 +230,10 @@ class HealthConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Integer = Field(9310, ge=0, le=65535, description="0 = pick a free port")
+    # Token for the HTTP endpoints beside /metrics and /healthz that need one (named in their
+    # docs); like the broker password, it is named by environment variable or file, never inline.
+    token_env: Optional[str] = None
+    token_file: Optional[Path] = None
 
 
 class LoggingConfig(_Section):

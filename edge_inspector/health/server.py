@@ -6,14 +6,19 @@ hung scraper costs one short-lived thread, never a pipeline stage. Bound to 127.
 
 /healthz: 200 ``{"status": "ok", ...}`` while every stage's heartbeat is younger than
 pipeline.heartbeat_timeout_s; 503 with the reason otherwise (also while the pipeline is starting).
+
+Other endpoints mount here as ``Route``s (one HTTP port per station, one place to secure it); they
+are wired by name in ``create_ops_component``.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -22,6 +27,38 @@ from edge_inspector.logging import get_logger
 from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
+
+# (request, path without query, parsed query) -> None; the handler sends the whole response itself
+# (with ``send``, or streams, e.g. server-sent events).
+RouteHandler = Callable[[BaseHTTPRequestHandler, str, Mapping[str, Sequence[str]]], None]
+
+
+@dataclass(frozen=True)
+class Route:
+    """An endpoint beside /metrics and /healthz: ``prefix`` ending in "/" matches every path under
+    it, any other prefix matches exactly."""
+
+    method: str  # "GET" or "POST"
+    prefix: str
+    handle: RouteHandler
+
+    def matches(self, method: str, path: str) -> bool:
+        if method != self.method:
+            return False
+        return path.startswith(self.prefix) if self.prefix.endswith("/") else path == self.prefix
+
+
+def send(request: BaseHTTPRequestHandler, code: int, content_type: str, body: bytes,
+         headers: Optional[Mapping[str, str]] = None) -> None:
+    request.send_response(code)
+    request.send_header("Content-Type", content_type)
+    request.send_header("Content-Length", str(len(body)))
+    request.send_header("Cache-Control", "no-store")
+    for name, value in (headers or {}).items():
+        request.send_header(name, value)
+    request.end_headers()
+    if request.command != "HEAD":
+        request.wfile.write(body)
 
 
 class HealthServer:
@@ -39,8 +76,10 @@ class HealthServer:
         heartbeat_timeout_s: float = 10.0,
         heartbeats: Optional[Callable[[], Mapping[str, float]]] = None,
         conditions: Optional[Callable[[], tuple[Mapping[str, str], Mapping[str, str]]]] = None,
+        routes: Sequence[Route] = (),
     ):
         self.registry = registry
+        self.routes = tuple(routes)
         # () -> (blocking conditions, warnings), e.g. ({"outbox": "disk full"}, {"archive": "disk full"})
         self._conditions = conditions
         self.host = host
@@ -64,22 +103,25 @@ class HealthServer:
             server_version = "edge-inspector-health"
 
             def do_GET(self):  # noqa: N802 - http.server's naming
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                    send(self, 200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
                 elif path == "/healthz":
                     code, body = server.health()
-                    self._send(code, "application/json", json.dumps(body).encode())
+                    send(self, code, "application/json", json.dumps(body).encode())
                 else:
-                    self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+                    self._route("GET", path, query)
 
-            def _send(self, code: int, content_type: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+            def do_POST(self):  # noqa: N802
+                path, _, query = self.path.partition("?")
+                self._route("POST", path, query)
+
+            def _route(self, method: str, path: str, query: str) -> None:
+                for route in server.routes:
+                    if route.matches(method, path):
+                        route.handle(self, path, parse_qs(query))
+                        return
+                send(self, 404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
 
             def log_message(self, format, *args):  # noqa: A002 - scrapes every 15 s would flood the journal
                 pass
@@ -136,8 +178,10 @@ class HealthOps:
     """The supervisor's /metrics + /healthz component (start/stop/apply_config)."""
 
     def __init__(self, registry: CollectorRegistry, cfg: Any, heartbeats: Callable[[], Mapping[str, float]],
-                 conditions: Optional[Callable[[], tuple[Mapping[str, str], Mapping[str, str]]]] = None):
+                 conditions: Optional[Callable[[], tuple[Mapping[str, str], Mapping[str, str]]]] = None,
+                 routes: Sequence[Route] = ()):
         self._registry = registry
+        self._routes = tuple(routes)
         self._heartbeats = heartbeats
         self._conditions = conditions
         self._health_cfg = cfg.health
@@ -149,7 +193,7 @@ class HealthOps:
         if not cfg.enabled:
             return
         server = HealthServer(self._registry, cfg.host, cfg.port, self._timeout, heartbeats=self._heartbeats,
-                              conditions=self._conditions)
+                              conditions=self._conditions, routes=self._routes)
         try:
             server.start()
         except OSError as exc:
@@ -182,5 +226,7 @@ def create_ops_component(supervisor: Any) -> Optional[HealthOps]:
     metrics = find_metrics(supervisor)
     if metrics is None:
         return None  # health.enabled is false
+    # Endpoints beside /metrics and /healthz, each built here by name.
+    routes: list[Route] = []
     return HealthOps(metrics.registry, supervisor.cfg, supervisor.stage_heartbeats,
-                     conditions=lambda: (supervisor.conditions(), supervisor.warnings()))
+                     conditions=lambda: (supervisor.conditions(), supervisor.warnings()), routes=routes)

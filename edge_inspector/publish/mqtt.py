@@ -20,7 +20,6 @@ Thread model (why it looks like this)
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socket
 import ssl
@@ -34,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_inspector.config.models import Config, MQTTConfig
+from edge_inspector.config.secrets import read_secret
 from edge_inspector.errors import ConfigError
 from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
@@ -60,18 +60,7 @@ MessageCallback = Callable[[paho.MQTTMessage], None]
 
 def read_password(mqtt_cfg: MQTTConfig) -> Optional[str]:
     """The broker password from ``password_env`` or ``password_file`` (never inline in YAML)."""
-    if mqtt_cfg.password_env and mqtt_cfg.password_file:
-        raise ConfigError("mqtt.password_env and mqtt.password_file are both set: keep one")
-    password: Optional[str] = None
-    if mqtt_cfg.password_env:
-        password = os.environ.get(mqtt_cfg.password_env)
-        if password is None:
-            raise ConfigError(f"mqtt.password_env: environment variable {mqtt_cfg.password_env} is not set")
-    elif mqtt_cfg.password_file:
-        try:
-            password = mqtt_cfg.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"mqtt.password_file: cannot read {mqtt_cfg.password_file}: {exc.strerror or exc}") from None
+    password = read_secret("mqtt", "password_env", mqtt_cfg.password_env, "password_file", mqtt_cfg.password_file)
     if password is not None and not mqtt_cfg.username:
         raise ConfigError("mqtt.username is required when a password is configured")
     return password
