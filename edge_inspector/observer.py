@@ -104,9 +104,13 @@ class PipelineControl(Protocol):
 
     def set_threshold(self, value: float) -> tuple[bool, str]: ...
 
-    def trigger(self, count: int = 1) -> tuple[bool, str]:
+    def trigger(self, count: int = 1, tag: Any = None) -> tuple[bool, str]:
         """Fire ``count`` software triggers (``camera.trigger.software_source: command``); a
-        trigger the camera cannot execute still ends as an ERROR result. (ok, message)."""
+        trigger the camera cannot execute still ends as an ERROR result. ``tag`` (a
+        ``PartTag``) names the part(s) imaged. (ok, message)."""
+
+    def announce_part(self, tag: Any) -> tuple[bool, str]:
+        """Queue the identity of the part the next hardware trigger images (``P/cmd/part``)."""
 
     def snapshot(self) -> Optional[np.ndarray]:
         """The last grabbed frame (original pixels), or None."""

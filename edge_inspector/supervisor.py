@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from edge_inspector import faults, systemd
+from edge_inspector.acquisition.parts import PartQueue, PartTag
 from edge_inspector.acquisition.trigger import SoftwareTrigger
 from edge_inspector.archive import store as archive_store
 from edge_inspector.config.loader import load_config
@@ -47,6 +48,7 @@ from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, bu
 from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.publish import commands as remote_commands
+from edge_inspector.publish.payload import format_ts
 from edge_inspector.threads import restart_counts
 
 log = get_logger("edge_inspector.supervisor")
@@ -128,6 +130,7 @@ class Supervisor:
         self.source = None
         self.pipeline: Optional[Pipeline] = None
         self.software_trigger: Optional[SoftwareTrigger] = None  # camera.trigger.mode: software only
+        self.parts = PartQueue()  # announced part identities, one per triggered frame (acquisition/parts.py)
         self.ops: list[Any] = []
         self._runtime: Optional[ModelRuntime] = None
         self._threshold_override: Optional[float] = None
@@ -170,12 +173,12 @@ class Supervisor:
             self.source = self._source_factory(cfg, self._on_camera_state)
             self.source.open()
             self.pipeline = Pipeline(self.source, self.current_runtime, self._publish, self.observer,
-                                     cfg.pipeline.queue_size, max_frames=self.max_frames)
+                                     cfg.pipeline.queue_size, max_frames=self.max_frames, parts=self.parts)
             self.pipeline.start()
             if getattr(self.source, "trigger_mode", cfg.camera.trigger.mode) == "software":
                 # Started after the stage threads: every trigger's frame has a consumer waiting.
                 self.software_trigger = SoftwareTrigger(self.source, cfg.camera, lambda: self.pipeline.frames_in,
-                                                        max_triggers=self.max_frames)
+                                                        max_triggers=self.max_frames, parts=self.parts)
                 self.software_trigger.start()
         except BaseException:
             self._abort_start()
@@ -406,14 +409,27 @@ class Supervisor:
         self._publish_status()
         return True, message
 
-    def trigger(self, count: int = 1) -> tuple[bool, str]:
-        """Fire ``count`` software triggers now (``P/cmd/trigger``); each one ends as a result."""
+    def trigger(self, count: int = 1, tag: Optional[PartTag] = None) -> tuple[bool, str]:
+        """Fire ``count`` software triggers now (``P/cmd/trigger``); each one ends as a result
+        that carries ``tag`` (part id, product, context) when given."""
         if self.software_trigger is None:
             mode = getattr(self.source, "trigger_mode", self.cfg.camera.trigger.mode)
             if mode != "software":
                 return False, f"camera.trigger.mode is {mode}: only a software-triggered camera takes remote triggers"
             return False, "pipeline is not running"
-        return self.software_trigger.fire(count)
+        return self.software_trigger.fire(count, tag)
+
+    def announce_part(self, tag: PartTag) -> tuple[bool, str]:
+        """``P/cmd/part``: the part the next hardware trigger images. Software-triggered stations
+        name the part in ``P/cmd/trigger`` itself; free-run frames are not parts."""
+        mode = getattr(self.source, "trigger_mode", self.cfg.camera.trigger.mode)
+        if mode != "hardware":
+            return False, (f"camera.trigger.mode is {mode}: announce parts only for a hardware trigger "
+                           "(software triggers carry the part in P/cmd/trigger)")
+        if not self.parts.announce(tag):
+            return False, (f"{len(self.parts)} announced part(s) still wait for a trigger: part not queued "
+                           f"(at most {self.parts.limit} ahead)")
+        return True, f"part queued for the next trigger ({len(self.parts)} waiting)"
 
     def status(self) -> dict:
         runtime = self._runtime
@@ -522,7 +538,7 @@ class Supervisor:
 
     # ---------------------------------------------------------------- reload helpers
     def _reload_done(self, ok: bool, message: str) -> tuple[bool, str]:
-        self.last_reload = {"ok": ok, "message": message, "ts": time.time()}
+        self.last_reload = {"ok": ok, "message": message, "ts": format_ts(time.time())}  # ISO 8601 like every payload time
         (log.info if ok else log.error)("reload", ok=ok, message=message)
         self.observer.on_state("pipeline", "reloaded" if ok else "reload_failed", message)
         self._publish_status()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.broker import Mosquitto, mosquitto_binary
+from tests.helpers.station import CONTRACT_VIOLATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/datasets next to the checkout (CI lays shared/ beside the clone); overridable.
@@ -38,3 +39,12 @@ def mosquitto(tmp_path) -> Mosquitto:
     broker = Mosquitto(tmp_path / "broker").start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def published_payloads_follow_the_contract():
+    """Every station payload a test's Subscriber received validates against docs/schemas."""
+    CONTRACT_VIOLATIONS.clear()
+    yield
+    violations, CONTRACT_VIOLATIONS[:] = list(CONTRACT_VIOLATIONS), []
+    assert not violations, f"{len(violations)} payload(s) break docs/schemas: {violations[:5]}"

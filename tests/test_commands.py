@@ -17,6 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_inspector.publish.commands import CommandHandler, paho_replier
+from tests.helpers.contracts import assert_valid
 from tests.helpers.fake_control import FakeControl
 
 BASE = "edge-inspector/line1/st1"
@@ -154,7 +155,9 @@ def _request(mes: _Client, name: str, payload: dict | bytes, timeout: float = 10
     msg = mes.messages.get(timeout=timeout)
     assert msg.topic == reply_topic
     assert msg.properties.CorrelationData == correlation, "the reply must carry the request's correlation data"
-    return json.loads(msg.payload)
+    reply = json.loads(msg.payload)
+    assert_valid("reply", reply)
+    return reply
 
 
 def test_set_threshold_over_mqtt5(station):
@@ -168,7 +171,8 @@ def test_set_threshold_over_mqtt5(station):
 def test_invalid_payload_over_mqtt5(station):
     control, mes = station
     reply = _request(mes, "set-threshold", {"value": "loads"})
-    assert reply == {"ok": False, "command": "set-threshold", "error": "value: Input should be a valid number, unable to parse string as a number"}
+    assert reply == {"schema": "edge-inspector.reply/1", "ok": False, "command": "set-threshold",
+                     "error": "value: Input should be a valid number, unable to parse string as a number"}
     assert control.threshold == 0.5
 
 

@@ -221,3 +221,30 @@ def test_unopenable_path_is_an_error_and_nothing_is_moved(tmp_path):
     with pytest.raises(OutboxError, match=r"o\.sqlite: cannot open"):
         Outbox(path)
     assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_session_counts_opens_and_an_outbox_from_before_sessions_still_replays(tmp_path):
+    """An outbox written by a version without ``session`` (no meta row): its rows replay as they
+    were stored, and the counter starts (from the Unix time in minutes) and then counts opens."""
+    path = tmp_path / "o.sqlite"
+    old_row = json.dumps({"schema": "edge-inspector.result/1", "seq": 41, "frame_id": "cam0-41", "ts": "2025-11-28T16:15:36.123Z",
+                          "station": {"line": "l", "name": "s"}, "verdict": "OK", "score": 0.1, "threshold": 0.5,
+                          "defects": [], "model": {"name": "m", "sha256": "ab" * 32}})
+    conn = sqlite3.connect(path)  # the layout older versions wrote
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, created REAL NOT NULL, payload TEXT NOT NULL)")
+    conn.execute("INSERT INTO outbox VALUES (41, 0, ?)", (old_row,))
+    conn.execute("INSERT INTO meta VALUES ('last_seq', 41)")
+    conn.commit()
+    conn.close()
+    box = Outbox(path)
+    first = box.session
+    assert first >= int(time.time() // 60) - 1
+    assert box.pending(10) == [(41, old_row)]  # byte for byte what was stored
+    plc = build_plc(parse_result(old_row))
+    assert plc["part_ref"] == 0 and parse_plc(json.dumps(plc)) == plc
+    assert box.add(_payload(1)) == 42
+    box.close()
+    box = Outbox(path)
+    assert box.session == first + 1
+    box.close()

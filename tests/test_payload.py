@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -22,15 +21,10 @@ from edge_inspector.publish.payload import (  # noqa: E402
     parse_result,
 )
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+from tests.helpers.contracts import SCHEMAS, validator  # noqa: E402
+
 STATION = {"line": "L1", "name": "S7"}
 MODEL = {"name": "bottle-knn", "sha256": "ab" * 32}
-
-
-def validator(name: str):
-    schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
 def _verdict(kind="NG", **kw) -> Verdict:
@@ -52,7 +46,9 @@ def _stored(result: dict, seq: int = 18231) -> dict:
 
 def test_ng_result_has_every_contract_field_and_validates():
     result = _stored(build_result(_verdict(), station=STATION, model=MODEL))
-    assert set(result) == {"schema", "seq", "frame_id", "ts", "station", "verdict", "score", "threshold", "defects", "model"}
+    assert set(result) == {"schema", "seq", "frame_id", "ts", "station", "verdict", "score", "threshold", "defects", "model",
+                           "part_id", "part_id_generated", "part_ref"}
+    assert result["part_id"] == result["frame_id"] == "cam0-000042" and result["part_ref"] == 0
     assert result["schema"] == "edge-inspector.result/1"
     assert result["ts"] == "2025-11-28T16:15:36.123Z"
     assert result["station"] == STATION and result["model"] == MODEL
@@ -84,7 +80,7 @@ def test_non_finite_score_is_published_as_error_not_as_a_pass():
 
 def test_plc_payload_from_highest_score_defect():
     plc = build_plc(_stored(build_result(_verdict(), station=STATION, model=MODEL)))
-    assert plc == {"seq": 18231, "res": 2, "score_milli": 873, "n_def": 2, "x0": 412, "y0": 96}
+    assert plc == {"schema": 2, "seq": 18231, "res": 2, "score_milli": 873, "n_def": 2, "x0": 412, "y0": 96, "part_ref": 0}
     validator("plc").validate(plc)
     assert parse_plc(json.dumps(plc)) == plc
 
@@ -98,10 +94,12 @@ def test_plc_without_defects_has_zero_position(kind, res):
 
 
 def test_status_and_health_validate():
-    status = build_status(True, station=STATION, model=MODEL, camera="ok", mqtt={"client_id": "c", "protocol": "5"},
-                          outbox_depth=3, since=format_ts(0))
+    status = build_status(True, station=STATION, model=MODEL, camera="open", mqtt={"client_id": "c", "protocol": "5"},
+                          outbox_depth=3, since=format_ts(0), session=4, state="ready")
     validator("status").validate(json.loads(json.dumps(status)))
-    validator("status").validate(build_status(False, station=STATION, reason="connection_lost"))
+    validator("status").validate(build_status(False, station=STATION, reason="connection_lost", session=4))
+    with pytest.raises(jsonschema.ValidationError):  # the values docs/mqtt.md lists, nothing else
+        validator("status").validate(build_status(True, station=STATION, session=4, camera="ok"))
     health = build_health({"frames": 10, "dropped": 0, "latency_ms_p99": 12.5}, station=STATION,
                           outbox={"depth": 0, "evicted_total": 0, "last_seq": 10},
                           mqtt={"connected": True, "published": 10, "acked": 10, "replayed": 0, "plc_published": 10,
@@ -164,15 +162,53 @@ def test_model_info_is_checked_once_with_a_clear_message():
         check_model_info({"name": "m", "sha256": "ABC"})
 
 
-@pytest.mark.parametrize("name", ["result", "plc", "status", "health"])
+@pytest.mark.parametrize("name", ["result", "plc", "status", "health", "reply"])
 def test_docs_mqtt_examples_validate_against_the_published_schemas(name):
     """The first JSON example under each payload heading of docs/mqtt.md is what MES/PLC
     developers copy: it must stay valid against the schema the station is tested with."""
     import re
 
     md = (SCHEMAS.parent / "mqtt.md").read_text()
-    match = re.search(rf"### `P/{name}`.*?```json\n(.*?)```", md, re.S)
+    match = re.search(rf"### `P/{name}[`/].*?```json\n(.*?)```", md, re.S)
     assert match, f"docs/mqtt.md has no JSON example for P/{name}"
     example = json.loads(match.group(1))
     errors = [e.message for e in validator(name).iter_errors(example)]
     assert not errors, errors
+
+
+def test_command_schema_file_is_the_one_the_code_generates():
+    from edge_inspector.publish.commands import command_json_schema
+
+    on_disk = json.loads((SCHEMAS / "command.schema.json").read_text())
+    assert on_disk == json.loads(json.dumps(command_json_schema())), (
+        "regenerate: python -m edge_inspector.publish.commands > docs/schemas/command.schema.json")
+    jsonschema.Draft202012Validator.check_schema(on_disk)
+
+
+def test_part_identity_reaches_result_and_plc_and_validates():
+    v = _verdict(part_id="DMC-4711", product="bottle-500ml", context={"job": "J1", "lot": "L7"}, part_ref=40817)
+    result = _stored(build_result(v, station=STATION, model=MODEL, session=12))
+    assert result["frame_id"] == "s12-cam0-000042" and result["part_id"] == "DMC-4711" and "part_id_generated" not in result
+    assert result["product"] == "bottle-500ml" and result["context"] == {"job": "J1", "lot": "L7"}
+    validator("result").validate(result)
+    assert parse_result(json.dumps(result)) == result
+    plc = build_plc(result)
+    assert plc["part_ref"] == 40817 and plc["schema"] == 2
+    validator("plc").validate(plc)
+
+
+def test_error_result_has_null_threshold_as_documented():
+    result = _stored(build_result(_verdict("ERROR", score=None, threshold=0.5, error="camera lost"), station=STATION, model=MODEL))
+    assert result["threshold"] is None
+    validator("result").validate(result)
+
+
+def test_result_stored_before_part_identity_still_gives_a_valid_plc_message():
+    """Rows in an outbox written by an older version carry no part fields: replayed as they are,
+    and a PLC message built from one is still a complete version-2 message."""
+    old = _good()
+    for key in ("part_id", "part_id_generated", "part_ref"):
+        old.pop(key)
+    validator("result").validate(old)
+    parse_result(json.dumps(old))
+    assert build_plc(old)["part_ref"] == 0

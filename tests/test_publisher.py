@@ -25,16 +25,15 @@ from edge_inspector.config.models import Config  # noqa: E402
 from edge_inspector.errors import ConfigError  # noqa: E402
 from edge_inspector.postprocess.verdict import Defect, Verdict  # noqa: E402
 from edge_inspector.publish import MqttPublisher, Outbox, parse_plc, parse_result, read_password  # noqa: E402
+from tests.helpers.contracts import validator  # noqa: E402
 
 pytestmark = pytest.mark.mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = REPO / "docs" / "schemas"
 MODEL = {"name": "bottle-knn", "sha256": "cd" * 32}
 
 
-def _validator(name: str):
-    return jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()))
+_validator = validator  # tests/helpers/contracts.py
 
 
 def _config(broker, tmp_path: Path, protocol: str = "5", **mqtt) -> Config:
@@ -227,10 +226,17 @@ def test_every_contract_field_arrives_and_validates(mosquitto, tmp_path, subscri
         for seq, verdict in zip(seqs, sent):
             r = results[seq]
             _validator("result").validate(r)
-            assert r["frame_id"] == verdict.frame_id and r["verdict"] == verdict.verdict
+            assert r["frame_id"] == f"s{outbox.session}-{verdict.frame_id}" and r["verdict"] == verdict.verdict
             assert r["station"] == {"line": "L1", "name": "S1"}
             assert r["model"] == (swapped if seq == 4 else MODEL)
-            assert r["ts"].endswith("Z") and r["threshold"] == 0.5
+            assert r["ts"].endswith("Z") and r["threshold"] == (None if verdict.verdict == "ERROR" else 0.5)
+        for m in sub.on("result") + sub.on("plc"):  # MQTT 5: routable without parsing the JSON
+            props = dict(getattr(m.properties, "UserProperty", None) or [])
+            if protocol == "5":
+                assert m.properties.ContentType == "application/json"
+                assert props == {"schema": str(json.loads(m.payload)["schema"]), "station": "L1/S1"}
+            else:
+                assert not props
         assert results[1]["defects"] == [{"bbox": [5, 6, 7, 8], "centroid": [8.4, 9.6], "area_px": 40, "score": 0.9}]
         assert results[3]["error"] == "camera timeout" and results[3]["score"] is None
 
@@ -243,7 +249,7 @@ def test_every_contract_field_arrives_and_validates(mosquitto, tmp_path, subscri
             expiry = getattr(m.properties, "MessageExpiryInterval", None)
             # MQTT 5: broker forwards the remaining lifetime; 3.1.1 has no expiry at all
             assert (1 <= expiry <= 5) if protocol == "5" else expiry is None
-        assert plcs[1] == {"seq": 1, "res": 2, "score_milli": 1250, "n_def": 1, "x0": 8, "y0": 10}
+        assert plcs[1] == {"schema": 2, "seq": 1, "res": 2, "score_milli": 1250, "n_def": 1, "x0": 8, "y0": 10, "part_ref": 0}
         assert plcs[2]["res"] == 1 and plcs[3]["res"] == 3
 
         status = [s for s in sub.statuses() if s["online"]]
@@ -291,6 +297,8 @@ def test_last_will_marks_station_offline_when_process_is_killed(mosquitto, tmp_p
     will = [s for s in late.statuses() if not s["online"]][-1]
     _validator("status").validate(will)
     assert will["reason"] == "connection_lost" and will["station"] == {"line": "L1", "name": "S1"}
+    birth = [s for s in late.statuses() if s["online"]][-1]
+    assert will["session"] == birth["session"] >= 1  # the will names the birth it ends
 
 
 def test_broker_outage_loses_nothing_and_plc_is_not_replayed(mosquitto, tmp_path, subscriber_factory):

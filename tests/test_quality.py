@@ -15,7 +15,7 @@ from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.preprocess.photometric import LightCondition, apply_gradient, apply_highlight
 from edge_inspector.preprocess.quality import QualityGate, exposure_stats, measure
 from edge_inspector.publish.payload import parse_plc, parse_result
-from tests.helpers.station import Subscriber, start_daemon, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.station import Subscriber, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 
@@ -166,7 +166,7 @@ def test_daemon_turns_a_saturated_frame_into_an_overexposed_error(tmp_path, mosq
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()[-2000:]
         sub.wait_for(lambda: len(sub.results_by_seq()) >= 14 and len(sub.payloads("plc")) >= 14, 10, "14 results")
-        results = {r["frame_id"].rsplit("-", 1)[0]: r for r in (parse_result(p) for p, _ in sub.raw("result"))}
+        results = {frame_stem(r): r for r in (parse_result(p) for p, _ in sub.raw("result"))}
         sat, black = results["part_0001a_saturated"], results["part_0002a_black"]
         assert sat["verdict"] == "ERROR" and sat["error"].startswith("overexposed: 100.0% of pixels saturated")
         assert "part_0001a_saturated.png" in sat["error"]

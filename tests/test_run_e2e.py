@@ -16,7 +16,7 @@ import pytest
 
 from edge_inspector.inference.bundle import load_bundle
 from edge_inspector.publish.payload import parse_plc, parse_result
-from tests.helpers.station import Subscriber, assert_retained_offline, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.station import Subscriber, assert_retained_offline, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -47,7 +47,7 @@ def test_folder_to_broker_every_contract_field(tmp_path, mosquitto, model_dir):
         seqs = sorted(by_seq)
         assert seqs == list(range(seqs[0], seqs[0] + n)), seqs  # strictly increasing, no gap
         ordered = [by_seq[s] for s in seqs]
-        assert [r["frame_id"].rsplit("-", 1)[0] for r in ordered] == [f.stem for f in files]  # grab order
+        assert [frame_stem(r) for r in ordered] == [f.stem for f in files]  # grab order
         for i, r in enumerate(ordered):
             assert r["schema"] == "edge-inspector.result/1"
             assert TS_RE.match(r["ts"])
@@ -110,7 +110,7 @@ def test_bad_frames_become_error_verdicts_and_run_continues(tmp_path, mosquitto,
         assert proc.returncode == 0, err.decode()[-2000:]
         sub.wait_for(lambda: len(sub.results_by_seq()) >= 10, 10, "10 results")
         results = [parse_result(p) for p, _ in sub.raw("result")]
-        errors = {r["frame_id"].split("_")[-1].rsplit("-", 1)[0]: r for r in results if r["verdict"] == "ERROR"}
+        errors = {frame_stem(r).split("_")[-1]: r for r in results if r["verdict"] == "ERROR"}
         assert set(errors) == bad_kinds
         for kind, r in errors.items():
             assert r["score"] is None and r["defects"] == [] and r["error"]

@@ -9,7 +9,7 @@ import sqlite3
 import time
 
 from edge_inspector.publish.payload import parse_result
-from tests.helpers.station import Subscriber, start_daemon, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.station import Subscriber, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 
@@ -57,10 +57,10 @@ def test_broker_outage_and_sigkill_lose_nothing(tmp_path, mosquitto):
             r = parse_result(raw)
             assert r == received[r["seq"]]
         # the second run's frames are the last n seqs, in grab order
-        tail = [received[s]["frame_id"].rsplit("-", 1)[0] for s in range(last_seq_at_kill + 1, total + 1)]
+        tail = [frame_stem(received[s]) for s in range(last_seq_at_kill + 1, total + 1)]
         assert tail == [f.stem for f in files]
         # and the first run's results before the kill are the folder's prefix, in order
-        head = [received[s]["frame_id"].rsplit("-", 1)[0] for s in range(1, last_seq_at_kill + 1)]
+        head = [frame_stem(received[s]) for s in range(1, last_seq_at_kill + 1)]
         assert head == [f.stem for f in files[: last_seq_at_kill]]
         assert _outbox_state(outbox) == (0, total)
     finally:

@@ -172,7 +172,7 @@ def test_trigger_command_images_exactly_the_requested_parts(pylon_station, mosqu
         sub.wait_for(lambda: len(sub.results_by_seq()) >= 4 and len(replies) >= 3, 15, "4 results, 3 replies")
         time.sleep(0.3)  # nothing more may arrive
         _assert_gapless_good_results(sub.results_by_seq(), 4)
-        assert replies[0] == {"ok": True, "command": "trigger", "id": "plc-1",
+        assert replies[0] == {"schema": "edge-inspector.reply/1", "ok": True, "command": "trigger", "id": "plc-1",
                               "result": {"count": 3, "message": "3 trigger(s) fired"}}
         assert replies[1]["ok"] is True and replies[2]["ok"] is False
         assert "count: Input should be less than or equal to 32" in replies[2]["error"]

@@ -23,6 +23,7 @@ import threading
 from typing import Callable, Optional
 
 from edge_inspector.acquisition.base import POLL_INTERVAL_S, FrameSource, Pacer
+from edge_inspector.acquisition.parts import PartQueue, PartTag
 from edge_inspector.config.models import CameraConfig
 from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
@@ -44,8 +45,10 @@ class SoftwareTrigger:
     """
 
     def __init__(self, source: FrameSource, camera_cfg: CameraConfig, frames_taken: Callable[[], int],
-                 max_triggers: Optional[int] = None):
+                 max_triggers: Optional[int] = None, parts: Optional[PartQueue] = None):
         self.source = source
+        # Identity of the parts fired by command, taken by the acquisition stage frame by frame.
+        self.parts = parts if parts is not None else PartQueue()
         # ``--max-frames N``: the timer fires N triggers and no more, so no part is imaged that
         # the stopping pipeline would never inspect.
         self.max_triggers = max_triggers
@@ -77,26 +80,34 @@ class SoftwareTrigger:
         return {"origin": self.origin, "fired": self.fired, "failed": self.failed, "late": self._pacer.late_ticks}
 
     # ------------------------------------------------------------------ firing
-    def fire(self, count: int = 1) -> tuple[bool, str]:
-        """Remote trigger (``P/cmd/trigger``): fire ``count`` triggers now, back to back."""
+    def fire(self, count: int = 1, tag: Optional[PartTag] = None) -> tuple[bool, str]:
+        """Remote trigger (``P/cmd/trigger``): fire ``count`` triggers now, back to back; each
+        frame carries ``tag`` (part id, product, context) when given."""
         if self.origin != "command":
             return False, ("triggers come from the daemon's timer (camera.trigger.software_source=timer); "
                            "set it to command to fire them remotely")
         if self.source.state in ("closed", "ended"):  # no acquisition left to turn a trigger into a result
             return False, f"camera {self.source.state}: no trigger fired"
-        executed = sum(1 for _ in range(count) if self._fire_one())
+        if tag is not None and len(self.parts) + count > self.parts.limit:
+            return False, (f"{len(self.parts)} announced part(s) still wait for their frames: "
+                           f"no trigger fired (at most {self.parts.limit} ahead)")
+        executed = sum(1 for _ in range(count) if self._fire_one(tag))
         failed = count - executed
         if failed:
             return False, (f"{failed} of {count} trigger(s) could not be executed (camera {self.source.state}); "
                            "each becomes an ERROR result")
         return True, f"{count} trigger(s) fired"
 
-    def _fire_one(self) -> bool:
+    def _fire_one(self, tag: Optional[PartTag] = None) -> bool:
         with self._fire_lock:
+            if tag is not None:
+                self.parts.announce(tag)  # before the trigger: its frame must find the tag queued
             try:
                 executed = bool(self.source.trigger())
             except Exception:  # noqa: BLE001 - a source bug must not kill the timer; no frame follows
                 log.exception("software_trigger_failed")
+                if tag is not None:
+                    self.parts.withdraw_last()
                 return False
             self.fired += 1
             if not executed:

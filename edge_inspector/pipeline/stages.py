@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edge_inspector.acquisition.base import Frame, FrameSource
+from edge_inspector.acquisition.parts import PartQueue, PartTag
 from edge_inspector.errors import InputError
 from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
@@ -73,8 +74,11 @@ class Pipeline:
         observer: PipelineObserver,
         queue_size: int,
         max_frames: Optional[int] = None,
+        parts: Optional[PartQueue] = None,
     ):
         self.source = source
+        # Announced parts (acquisition/parts.py): one taken per frame of a triggered camera.
+        self.parts = parts
         self.current_runtime = current_runtime
         self.publish = publish
         self.observer = observer
@@ -196,6 +200,8 @@ class Pipeline:
                 t0 = time.monotonic()
                 with self._counts_lock:
                     self.frames_in += 1
+                if self.parts is not None and getattr(self.source, "triggered", False):
+                    frame.meta["part"] = self.parts.take()
                 if frame.image is not None:
                     self.last_image = frame.image
                 self.observer.on_frame(frame)
@@ -319,6 +325,7 @@ class Pipeline:
                 item.verdict.quality = item.quality
             verdict = item.verdict
             verdict.model = runtime.model_info if runtime is not None else None
+            _identify(verdict, frame.meta.get("part"))
             self._timed(item, "postprocess", t0)
             verdict.timings_ms = item.timings_ms
             archive_ref = self.observer.on_verdict(verdict, frame, item.anomaly_map if verdict.verdict != "ERROR" else None)
@@ -381,3 +388,10 @@ class Pipeline:
         seconds = time.monotonic() - t0
         item.timings_ms[stage] = round(seconds * 1000.0, 3)
         self.observer.on_stage_latency(stage, seconds)
+
+
+def _identify(verdict: Verdict, tag: Optional[PartTag]) -> None:
+    if tag is None:
+        return
+    verdict.part_id, verdict.product, verdict.part_ref = tag.part_id, tag.product, tag.part_ref
+    verdict.context = dict(tag.context) if tag.context else None

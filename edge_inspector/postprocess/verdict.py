@@ -42,3 +42,8 @@ class Verdict:
     # "overexposed" / "underexposed" when the image-quality gate took the frame out (ERROR verdict;
     # the result's ``error`` starts with the same word). Counted in metrics and health.
     quality: Optional[str] = None
+    # Part identity from the trigger (acquisition/parts.py); None when the trigger named none.
+    part_id: Optional[str] = None
+    product: Optional[str] = None
+    context: Optional[dict] = None
+    part_ref: int = 0  # the integer the PLC message echoes (0: no part announced)

@@ -25,16 +25,19 @@ import json
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_inspector.acquisition.parts import PART_REF_MAX, PartTag
 
 from edge_inspector.config.numbers import THRESHOLD_RANGE, FiniteFloat, Integer, error_text
 from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineControl
+from edge_inspector.publish.payload import COMMAND_SCHEMA, REPLY_SCHEMA
 from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
@@ -50,6 +53,10 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
     id: Optional[str] = Field(None, max_length=128, description="echoed in the reply (for MQTT 3.1.1 clients)")
+    # Optional: a commander that names the version it speaks is refused by a station that does
+    # not speak it, instead of having fields misread.
+    schema_version: Optional[Literal[COMMAND_SCHEMA]] = Field(None, alias="schema",  # type: ignore[valid-type]
+                                                              description=f"{COMMAND_SCHEMA} when given")
 
 
 class ReloadArgs(_Args):
@@ -75,11 +82,44 @@ class StatusArgs(_Args):
 MAX_TRIGGERS_PER_COMMAND = 32
 
 
-class TriggerArgs(_Args):
+# Part identity (acquisition/parts.py): short, printable, no control characters (they end up in
+# HMI cells, logs and file names of MES systems).
+PartId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ProductName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+ContextKey = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+ContextValue = Annotated[str, Field(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class _PartArgs(_Args):
+    part_id: Optional[PartId] = Field(None, description="the part's id (serial, DMC); echoed in the result")
+    product: Optional[ProductName] = Field(None, description="product / variant; echoed in the result")
+    context: Optional[dict[ContextKey, ContextValue]] = Field(None, max_length=16,
+                                                              description="short strings (job, lot, ...) echoed in the result")
+    # strict int: refuses true and 7.0 (Integer's validator would hide the bounds from the JSON Schema)
+    part_ref: Optional[Annotated[int, Field(ge=1, le=PART_REF_MAX, strict=True)]] = Field(
+        None, description="integer echoed in the PLC message (default: derived from part_id)")
+
+    def tag(self) -> Optional[PartTag]:
+        if self.part_id is None and self.product is None and not self.context and self.part_ref is None:
+            return None
+        return PartTag.make(self.part_id, self.product, self.context, self.part_ref)
+
+
+class TriggerArgs(_PartArgs):
     """Fire software triggers (camera.trigger.mode: software, software_source: command)."""
 
     count: Integer = Field(1, ge=1, le=MAX_TRIGGERS_PER_COMMAND, strict=True,
                        description="triggers to fire back to back; each one ends as one result")
+
+    @model_validator(mode="after")
+    def _one_id_per_part(self) -> "TriggerArgs":
+        if self.count > 1 and (self.part_id is not None or self.part_ref is not None):
+            raise ValueError("part_id/part_ref name one part: send count 1 per identified part")
+        return self
+
+
+class PartArgs(_PartArgs):
+    """Announce the part the next hardware trigger images (camera.trigger.mode: hardware)."""
 
 
 COMMANDS: dict[str, type[_Args]] = {
@@ -88,7 +128,24 @@ COMMANDS: dict[str, type[_Args]] = {
     "snapshot": SnapshotArgs,
     "status": StatusArgs,
     "trigger": TriggerArgs,
+    "part": PartArgs,
 }
+
+
+def command_json_schema() -> dict:
+    """JSON Schema of every command request, generated from the pydantic models above: the file
+    docs/schemas/command.schema.json is this (a test keeps them equal)."""
+    defs = {name: model.model_json_schema(by_alias=True) for name, model in COMMANDS.items()}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://edge-inspector.example/schemas/command.schema.json",
+        "title": "edge-inspector command requests (topic P/cmd/<command>)",
+        "description": f"One JSON object per command, {COMMAND_SCHEMA}; the topic's last level names the command "
+                       "(the matching $defs entry). An empty payload means {}. Generated from "
+                       "edge_inspector/publish/commands.py: python -m edge_inspector.publish.commands > "
+                       "docs/schemas/command.schema.json",
+        "$defs": defs,
+    }
 
 
 def validation_message(err: ValidationError) -> str:
@@ -192,6 +249,7 @@ class CommandHandler:
         if self._reply is None:
             log.warning("command_reply_refused", reason="no reply transport", command=request.name)
             return
+        response = {"schema": REPLY_SCHEMA, **response}
         self._reply(topic, json.dumps(response, default=_json_default).encode(), request.correlation_data)
 
     def _reply_topic(self, request: CommandRequest) -> Optional[str]:
@@ -274,10 +332,29 @@ class CommandHandler:
         return dict(self.control.status())
 
     def _cmd_trigger(self, args: TriggerArgs) -> dict:
-        ok, message = self.control.trigger(args.count)
+        tag = args.tag()
+        ok, message = self.control.trigger(args.count, tag) if tag is not None else self.control.trigger(args.count)
         if not ok:
             raise _CommandFailed(_one_line(message))
-        return {"count": args.count, "message": message}
+        return {"count": args.count, "message": message, **_tag_fields(tag)}
+
+    def _cmd_part(self, args: PartArgs) -> dict:
+        tag = args.tag()
+        if tag is None:
+            raise _CommandFailed("nothing to announce: give part_id, product, context or part_ref")
+        ok, message = self.control.announce_part(tag)
+        if not ok:
+            raise _CommandFailed(_one_line(message))
+        return {"message": message, **_tag_fields(tag)}
+
+
+def _tag_fields(tag: Optional[PartTag]) -> dict:
+    if tag is None:
+        return {}
+    out: dict[str, Any] = {"part_id": tag.part_id, "part_ref": tag.part_ref}
+    if tag.product is not None:
+        out["product"] = tag.product
+    return out
 
 
 def parse_payload(payload: bytes) -> tuple[Optional[dict], Optional[str]]:
@@ -417,3 +494,7 @@ def create_ops_component(supervisor: Any) -> CommandOps:
 
     metrics = find_metrics(supervisor)
     return CommandOps(supervisor, on_command=metrics.on_command if metrics is not None else None)
+
+
+if __name__ == "__main__":  # regenerates docs/schemas/command.schema.json (see command_json_schema)
+    print(json.dumps(command_json_schema(), indent=2, ensure_ascii=False))

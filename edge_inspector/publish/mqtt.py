@@ -46,6 +46,10 @@ from edge_inspector.publish.payload import (
     build_status,
     check_model_info,
     dumps,
+    HEALTH_SCHEMA,
+    PLC_SCHEMA,
+    RESULT_SCHEMA,
+    STATUS_SCHEMA,
     PayloadError,
     format_ts,
     station_dict,
@@ -196,8 +200,25 @@ class MqttPublisher:
         client.enable_logger(paho_log)
         return client
 
+    @property
+    def session(self) -> Optional[int]:
+        """The daemon start counter kept by the outbox (None for an outbox without one)."""
+        return getattr(self.outbox, "session", None)
+
     def _offline_payload(self, reason: str) -> str:
-        return dumps(build_status(False, station=self._station, reason=reason, model=self.model))
+        # ``session`` pairs this will with the online status (birth) of the same daemon start.
+        return dumps(build_status(False, station=self._station, reason=reason, model=self.model, session=self.session))
+
+    def _data_properties(self, schema: Any, **extra: Any) -> Optional[Properties]:
+        """MQTT 5 content type and user properties (schema, station) for broker-side routing."""
+        if not self._v5:
+            return None
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ContentType = "application/json"
+        properties.UserProperty = [("schema", str(schema)), ("station", f"{self._station['line']}/{self._station['name']}")]
+        for key, value in extra.items():
+            setattr(properties, key, value)
+        return properties
 
     # ------------------------------------------------------------------ public API
     def start(self) -> None:
@@ -231,7 +252,7 @@ class MqttPublisher:
         Returns the result's seq. Raises OutboxFullError (outbox policy ``stop``) when the result
         could not be stored; then nothing was published, not even to the PLC.
         """
-        result = build_result(verdict, station=self._station, model=self._model_for(verdict))
+        result = build_result(verdict, station=self._station, model=self._model_for(verdict), session=self.session)
         seq = self.outbox.add(result)
         result["seq"] = seq
         self._events.put(("wake",))
@@ -302,7 +323,8 @@ class MqttPublisher:
         )
         if not self._client.is_connected():
             return False
-        return self._client.publish(self.topics["health"], dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        info = self._client.publish(self.topics["health"], dumps(payload), qos=0, properties=self._data_properties(HEALTH_SCHEMA))
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def flush(self, timeout: float) -> bool:
         """Wait until the outbox is empty (every result acknowledged). True when it is."""
@@ -326,7 +348,8 @@ class MqttPublisher:
             time.sleep(0.02)
         if self._client.is_connected():
             with self._status_lock:  # after any online status still being published
-                info = self._client.publish(self.topics["status"], self._offline_payload("stopped"), qos=1, retain=True)
+                info = self._client.publish(self.topics["status"], self._offline_payload("stopped"), qos=1, retain=True,
+                                            properties=self._data_properties(STATUS_SCHEMA))
             try:
                 info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
             except (RuntimeError, ValueError):
@@ -399,10 +422,7 @@ class MqttPublisher:
         if not self._client.is_connected():
             self._count("plc_skipped")
             return
-        properties = None
-        if self._v5:
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.MessageExpiryInterval = self._mqtt.plc_expiry_s
+        properties = self._data_properties(PLC_SCHEMA, MessageExpiryInterval=self._mqtt.plc_expiry_s)
         info = self._client.publish(self.topics["plc"], dumps(plc), qos=1, retain=False, properties=properties)
         self._count("plc_published" if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else "plc_skipped")
 
@@ -416,10 +436,12 @@ class MqttPublisher:
                 "model": self.model,
                 "mqtt": {"client_id": self.cfg.client_id, "protocol": self._mqtt.protocol},
                 "outbox_depth": self.outbox.depth(),
+                "session": self.session,
             }
             fields.update(extra)
             payload = build_status(True, station=self._station, **fields)
-            self._client.publish(self.topics["status"], dumps(payload), qos=1, retain=True)
+            self._client.publish(self.topics["status"], dumps(payload), qos=1, retain=True,
+                                 properties=self._data_properties(STATUS_SCHEMA))
 
     def _notify_state(self, state: str, **info: Any) -> None:
         if self.on_state is None:
@@ -568,8 +590,9 @@ class MqttPublisher:
         room = self._max_inflight - len(self._inflight)
         if room <= 0:
             return
+        properties = self._data_properties(RESULT_SCHEMA)  # rows of every age are result/1
         for seq, text in self.outbox.pending(limit=room, after_seq=self._last_sent_seq):
-            info = self._client.publish(self.topics["result"], text, qos=1, retain=False)
+            info = self._client.publish(self.topics["result"], text, qos=1, retain=False, properties=properties)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break  # link went down under us: the next "connected" event replays from the outbox
             self._inflight[info.mid] = seq

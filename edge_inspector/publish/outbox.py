@@ -18,6 +18,8 @@ Design notes
   and eviction treat rows above the newest seq as older than the rows below it.
 - ``<outbox>.seq`` (a tiny side file, written atomically once per ``SEQ_RESERVE`` results)
   records a seq that no result has passed yet: the counter's floor if the database is lost.
+- ``session`` (meta table) counts the opens of the outbox, i.e. daemon starts: it makes result
+  ``frame_id`` unique across restarts and pairs the retained status with its Last Will.
 - A corrupt file is never deleted: it is renamed to ``<name>.corrupt-<UTC time>``, whatever can be
   read from it (pending rows, last seq) is copied into a fresh file. When the last seq cannot be
   read, the counter continues after the reserved seq in ``<outbox>.seq`` (a jump of at most
@@ -117,6 +119,7 @@ class Outbox:
         self._last_seq = self._meta_get("last_seq", 0)
         self._evicted_total = self._meta_get("evicted_total", 0)
         self._depth = self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self.session = self._next_session()
 
     # ----------------------------------------------------------------- public API
     def add(self, payload: dict) -> int:
@@ -217,6 +220,18 @@ class Outbox:
             self._lock_file.close()
 
     # ----------------------------------------------------------------- internals
+    def _next_session(self) -> int:
+        """+1 per open (daemon start), persisted: the result's ``frame_id`` and the status/will
+        ``session`` carry it, so ids stay unique across restarts and a will pairs with its birth.
+        A file without the counter (first start, deleted, or rebuilt after corruption) starts from
+        the Unix time in minutes: above any counter that started fewer times than minutes have
+        passed since 1970, so even a lost outbox cannot bring back an old ``frame_id``."""
+        previous = self._meta_get("session", 0)
+        session = previous + 1 if previous else int(time.time() // 60)
+        with self._conn:
+            self._meta_set("session", session)
+        return session
+
     def _connect(self, path: Path) -> sqlite3.Connection:
         # Default (legacy) transaction handling: DML opens a transaction, "with conn" commits it.
         return sqlite3.connect(str(path), check_same_thread=False, timeout=10.0)

@@ -19,6 +19,13 @@ from edge_inspector.errors import InputError
 from edge_inspector.postprocess.verdict import Verdict
 
 RESULT_SCHEMA = "edge-inspector.result/1"
+# PLC payload version 2 = version 1's six integers + ``schema`` + ``part_ref``. An integer, not a
+# string like the other topics': PLCs map this payload onto a fixed layout of DINTs.
+PLC_SCHEMA = 2
+STATUS_SCHEMA = "edge-inspector.status/1"
+HEALTH_SCHEMA = "edge-inspector.health/1"
+REPLY_SCHEMA = "edge-inspector.reply/1"
+COMMAND_SCHEMA = "edge-inspector.command/1"
 PLC_RES = {"OK": 1, "NG": 2, "ERROR": 3}
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # seq runs 1..SEQ_MAX on every topic (the PLC payload is 32-bit signed) and then wraps to 1;
@@ -50,11 +57,21 @@ def _finite_or_none(value: Optional[float]) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def build_result(verdict: Verdict, *, station: Mapping[str, str], model: Mapping[str, str]) -> dict:
+def result_frame_id(frame_id: str, session: Optional[int]) -> str:
+    """``s<session>-<camera frame id>``: camera counters restart with the daemon, the outbox's
+    session counter does not (publish/outbox.py), so the pair is unique across restarts."""
+    return str(frame_id) if session is None else f"s{session}-{frame_id}"
+
+
+def build_result(verdict: Verdict, *, station: Mapping[str, str], model: Mapping[str, str],
+                 session: Optional[int] = None) -> dict:
     """The result payload WITHOUT ``seq`` (the outbox assigns it when it stores the row).
 
     A non-finite score on an OK/NG verdict means the model failed: it is published as ERROR
-    (score null) rather than as a pass/fail the model did not really produce.
+    (score null) rather than as a pass/fail the model did not really produce. An ERROR carries
+    ``threshold: null``: no decision was made with a threshold, and an MES that charts the
+    threshold must not pick up one from a part that was never inspected.
+    A verdict without an announced part gets the ``frame_id`` as its generated ``part_id``.
     """
     kind = verdict.verdict
     if kind not in PLC_RES:
@@ -64,17 +81,27 @@ def build_result(verdict: Verdict, *, station: Mapping[str, str], model: Mapping
     if score is None and verdict.score is not None and kind != "ERROR":
         error = f"model score is not finite ({verdict.score}); verdict {kind} withdrawn"
         kind = "ERROR"
+    threshold = _finite_or_none(verdict.threshold)
+    frame_id = result_frame_id(verdict.frame_id, session)
     payload: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
-        "frame_id": str(verdict.frame_id),
+        "frame_id": frame_id,
         "ts": format_ts(verdict.ts_wall),
         "station": {"line": station["line"], "name": station["name"]},
         "verdict": kind,
         "score": None if score is None else round(score, 6),
-        "threshold": None if _finite_or_none(verdict.threshold) is None else round(float(verdict.threshold), 6),
+        "threshold": None if threshold is None or kind == "ERROR" else round(threshold, 6),
         "defects": [] if kind == "ERROR" else [d.to_dict() for d in verdict.defects],
         "model": {"name": model["name"], "sha256": model["sha256"]},
+        "part_id": verdict.part_id or frame_id,
+        "part_ref": int(verdict.part_ref or 0),
     }
+    if verdict.part_id is None:
+        payload["part_id_generated"] = True
+    if verdict.product is not None:
+        payload["product"] = str(verdict.product)
+    if verdict.context:
+        payload["context"] = {str(k): str(v) for k, v in verdict.context.items()}
     if kind == "ERROR":
         # One line: subscribers show it in an HMI cell; tracebacks belong in the daemon's log.
         text = (error or "").strip()
@@ -107,13 +134,16 @@ def build_plc(result: Mapping[str, Any]) -> dict:
         top = max(defects, key=lambda d: d["score"])
         x0, y0 = _clamp_int32(top["centroid"][0]), _clamp_int32(top["centroid"][1])
     score = result.get("score")
+    part_ref = result.get("part_ref", 0)  # rows stored before version 2 have none
     return {
+        "schema": PLC_SCHEMA,
         "seq": _plc_seq(result["seq"]),
         "res": PLC_RES[result["verdict"]],
         "score_milli": 0 if score is None else _clamp_int32(score * 1000),
         "n_def": len(defects),
         "x0": x0,
         "y0": y0,
+        "part_ref": _clamp_int32(part_ref) if _is_int(part_ref) else 0,
     }
 
 
@@ -126,13 +156,14 @@ def build_status(
 ) -> dict:
     """Retained status payload. ``fields`` (model, camera, mqtt, outbox_depth, ...) are merged."""
     payload: dict[str, Any] = {
+        "schema": STATUS_SCHEMA,
         "online": bool(online),
         "ts": format_ts(time.time() if ts is None else ts),
         "station": {"line": station["line"], "name": station["name"]},
         "version": __version__,
     }
     for key, value in fields.items():
-        if key not in ("online", "ts", "station"):
+        if key not in ("schema", "online", "ts", "station"):
             payload[key] = value
     return payload
 
@@ -145,6 +176,7 @@ def build_health(counters: Mapping[str, Any], *, station: Mapping[str, str], ts:
             raise PayloadError(f"health payload: counters.{key} must be a finite number, not {value!r}")
         clean[str(key)] = value
     payload: dict[str, Any] = {
+        "schema": HEALTH_SCHEMA,
         "ts": format_ts(time.time() if ts is None else ts),
         "station": {"line": station["line"], "name": station["name"]},
         "counters": clean,
@@ -263,14 +295,25 @@ def parse_result(data: bytes | str) -> dict:
         raise _fail(what, "error", f"must be absent unless verdict is ERROR (verdict {verdict})")
     if "archive" in obj and (not isinstance(obj["archive"], str) or not obj["archive"]):
         raise _fail(what, "archive", "must be a non-empty string when present")
+    for key in ("part_id", "product"):  # absent in results stored before part identity existed
+        if key in obj and (not isinstance(obj[key], str) or not obj[key]):
+            raise _fail(what, key, "must be a non-empty string when present")
+    if "part_ref" in obj and (not _is_int(obj["part_ref"]) or not 0 <= obj["part_ref"] <= _INT32_MAX):
+        raise _fail(what, "part_ref", f"must be an integer in 0..{_INT32_MAX}, not {obj['part_ref']!r}")
+    if "context" in obj and not (isinstance(obj["context"], dict) and all(isinstance(v, str) for v in obj["context"].values())):
+        raise _fail(what, "context", "must be an object of strings")
     return obj
 
 
 def parse_plc(data: bytes | str) -> dict:
-    """Validate a received ``P/plc`` payload (six integers)."""
+    """Validate a received ``P/plc`` payload (integers; version 1 without ``schema``/``part_ref``)."""
     what = "plc"
     obj = _load(data, what)
-    for key in ("seq", "res", "score_milli", "n_def", "x0", "y0"):
+    if "schema" in obj and obj["schema"] != PLC_SCHEMA:  # version 1 had no schema field
+        raise _fail(what, "schema", f"must be {PLC_SCHEMA}, not {obj['schema']!r}")
+    for key in ("seq", "res", "score_milli", "n_def", "x0", "y0", "part_ref"):
+        if key == "part_ref" and key not in obj:
+            continue
         v = _require(obj, key, what)
         if not _is_int(v) or not (_INT32_MIN <= v <= _INT32_MAX):
             raise _fail(what, key, f"must be a 32-bit integer, not {v!r}")

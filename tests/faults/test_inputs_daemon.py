@@ -15,7 +15,7 @@ from edge_inspector.publish.payload import parse_plc, parse_result
 from tests.helpers.broker import free_port
 from tests.helpers.bad_inputs import make_nan_bundle, odd_frames
 from tests.helpers.faults import http_get
-from tests.helpers.station import Subscriber, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.station import Subscriber, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 ODD_REASONS = {  # odd frame kind → what its ERROR says
@@ -75,10 +75,10 @@ def test_odd_frames_become_one_error_each_and_the_station_stays_healthy(tmp_path
         sub.close()
 
     ordered = _contiguous([parse_result(raw) for raw, _ in sub.raw("result")])
-    stems = [r["frame_id"].rsplit("-", 1)[0] for r in ordered]
+    stems = [frame_stem(r) for r in ordered]
     assert stems == [files[i % len(files)] for i in range(len(stems))], "a frame was lost, doubled or reordered"
     for r in ordered:
-        stem = r["frame_id"].rsplit("-", 1)[0]
+        stem = frame_stem(r)
         kind = stem.split("_")[-1]
         if kind in ODD_REASONS:
             assert r["verdict"] == "ERROR" and r["score"] is None and r["defects"] == [], r

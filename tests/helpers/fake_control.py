@@ -24,6 +24,8 @@ class FakeControl:
         self.status_calls = 0
         self.trigger_calls: list[int] = []
         self.trigger_result = (True, "triggers fired")
+        self.trigger_tags: list = []
+        self.announced: list = []
 
     def beat(self, *stages: str) -> None:
         with self._lock:
@@ -43,9 +45,14 @@ class FakeControl:
         self.threshold = value
         return True, f"threshold set to {value}"
 
-    def trigger(self, count: int = 1):
+    def trigger(self, count: int = 1, tag=None):
         self.trigger_calls.append(count)
+        self.trigger_tags.append(tag)
         return self.trigger_result
+
+    def announce_part(self, tag):
+        self.announced.append(tag)
+        return True, "part announced"
 
     def snapshot(self):
         return self.frame

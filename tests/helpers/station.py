@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import numpy as np
 import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.helpers.contracts import TOPIC_SCHEMAS, schema_errors
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -94,6 +97,38 @@ def stop_daemon(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: floa
             proc.wait(5)
 
 
+# Every station payload any test's Subscriber receives that breaks docs/schemas: checked after
+# each test by the autouse fixture in tests/conftest.py.
+CONTRACT_VIOLATIONS: list[str] = []
+
+
+def check_contract(base: str, msg) -> None:
+    """Validate a station's message by its topic; MQTT 5 user properties must match the body."""
+    level = msg.topic[len(base) + 1:] if msg.topic.startswith(base + "/") else ""
+    name = "reply" if level.startswith("reply/") else level
+    if name not in TOPIC_SCHEMAS:
+        return  # commands from the test itself, other stations' trees
+    try:
+        payload = json.loads(msg.payload)
+    except ValueError as exc:
+        CONTRACT_VIOLATIONS.append(f"{msg.topic}: not JSON ({exc})")
+        return
+    CONTRACT_VIOLATIONS.extend(f"{msg.topic}: {e}" for e in schema_errors(TOPIC_SCHEMAS[name], payload))
+    user = dict(getattr(getattr(msg, "properties", None), "UserProperty", None) or [])
+    if user and name != "reply" and user.get("schema") != str(payload.get("schema")):
+        CONTRACT_VIOLATIONS.append(f"{msg.topic}: user property schema={user.get('schema')!r}, payload {payload.get('schema')!r}")
+
+
+def camera_frame_id(result: dict) -> str:
+    """The camera's own frame id inside a result's ``frame_id`` (``s<session>-<camera id>``)."""
+    return re.sub(r"^s\d+-", "", result["frame_id"])
+
+
+def frame_stem(result: dict) -> str:
+    """The image file name (folder source) a result was made from: ``s12-part_0003-7`` → ``part_0003``."""
+    return camera_frame_id(result).rsplit("-", 1)[0]
+
+
 class Subscriber:
     """Records every message under ``{prefix}/{line}/{station}/#``, reconnecting on its own."""
 
@@ -126,6 +161,7 @@ class Subscriber:
         self.connected.set()
 
     def _on_message(self, _c, _u, msg):
+        check_contract(self.base, msg)
         with self.lock:
             self.messages.setdefault(msg.topic.rsplit("/", 1)[-1], []).append((msg.payload, msg.properties))
 
