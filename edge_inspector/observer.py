@@ -109,6 +109,9 @@ class PipelineControl(Protocol):
         trigger the camera cannot execute still ends as an ERROR result. ``tag`` (a
         ``PartTag``) names the part(s) imaged. (ok, message)."""
 
+    def select_product(self, product: str) -> tuple[bool, str]:
+        """Put this product's recipe in service from the next frame on (``P/cmd/product``)."""
+
     def announce_part(self, tag: Any) -> tuple[bool, str]:
         """Queue the identity of the part the next hardware trigger images (``P/cmd/part``)."""
 

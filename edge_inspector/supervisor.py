@@ -44,6 +44,7 @@ from edge_inspector.health.liveness import assess
 from edge_inspector.inference.bundle import ModelBundle, load_bundle
 from edge_inspector.logging import get_logger, setup_logging
 from edge_inspector.observer import CompositeObserver, PipelineObserver
+from edge_inspector.pipeline.recipes import Recipes, UnknownProduct, product_config
 from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, build_runtime, open_engine
 from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
@@ -131,6 +132,7 @@ class Supervisor:
         self.pipeline: Optional[Pipeline] = None
         self.software_trigger: Optional[SoftwareTrigger] = None  # camera.trigger.mode: software only
         self.parts = PartQueue()  # announced part identities, one per triggered frame (acquisition/parts.py)
+        self.recipes = Recipes(engine_factory, lambda: self._runtime.generation + 1 if self._runtime else 1)
         self.ops: list[Any] = []
         self._runtime: Optional[ModelRuntime] = None
         self._threshold_override: Optional[float] = None
@@ -152,8 +154,10 @@ class Supervisor:
     # ================================================================ start / run / stop
     def start(self) -> None:
         cfg = self.cfg
-        bundle = load_bundle(cfg.model.path)
-        build_preprocessor(cfg, bundle)  # ROI/lighting vs. this bundle: fail before touching anything
+        default = cfg.recipes.default
+        first_cfg = cfg if default is None else product_config(cfg, default)
+        bundle = load_bundle(first_cfg.model.path)
+        build_preprocessor(first_cfg, bundle)  # ROI/lighting vs. this bundle: fail before touching anything
         try:
             self.ops = self._build_ops()  # first, so their observers see every state from here on
             self._set_state("starting", "publisher")
@@ -161,9 +165,16 @@ class Supervisor:
                                                      on_acked=self._on_acked)
             self.publisher.start()
             self._set_state("starting", f"loading model {bundle.name}")
-            engine = self._engine_factory(cfg, bundle)
-            self._runtime = build_runtime(cfg, bundle, engine, generation=1)
-            log.info("model_in_service", model=bundle.name, sha256=bundle.sha256[:12], provider=getattr(engine, "provider", "?"),
+            if default is None:
+                engine = self._engine_factory(cfg, bundle)
+                self._runtime = build_runtime(cfg, bundle, engine, generation=1)
+            else:
+                self._runtime = self.recipes.runtime(cfg, default, keep=default)
+            if cfg.recipes.products and cfg.recipes.preload:
+                self._set_state("starting", "preloading products")
+                self.recipes.preload(cfg, default)
+            engine = self._runtime.engine
+            log.info("model_in_service", product=default, model=bundle.name, sha256=bundle.sha256[:12], provider=getattr(engine, "provider", "?"),
                      threshold=self._runtime.threshold)
             self.observer.on_model(bundle.name, bundle.sha256)
             for component in self.ops:
@@ -173,7 +184,8 @@ class Supervisor:
             self.source = self._source_factory(cfg, self._on_camera_state)
             self.source.open()
             self.pipeline = Pipeline(self.source, self.current_runtime, self._publish, self.observer,
-                                     cfg.pipeline.queue_size, max_frames=self.max_frames, parts=self.parts)
+                                     cfg.pipeline.queue_size, max_frames=self.max_frames, parts=self.parts,
+                                     runtime_for=self.runtime_for)
             self.pipeline.start()
             if getattr(self.source, "trigger_mode", cfg.camera.trigger.mode) == "software":
                 # Started after the stage threads: every trigger's frame has a consumer waiting.
@@ -280,6 +292,50 @@ class Supervisor:
     # ================================================================ stage callbacks
     def current_runtime(self) -> ModelRuntime:
         return self._runtime
+
+    def runtime_for(self, frame) -> ModelRuntime:
+        """The generation for this frame: the one in service, or the product its trigger names
+        (switched to, and in service from this frame on). Raises UnknownProduct."""
+        tag = frame.meta.get("part")
+        product = getattr(tag, "product", None)
+        current = self._runtime
+        if product is None or product == current.product or not self.cfg.recipes.products:
+            return current  # without recipes a product is a label, echoed in the result
+        return self._switch_product(product, "trigger")
+
+    def select_product(self, product: str) -> tuple[bool, str]:
+        """``P/cmd/product``: put this product's recipe in service from the next frame on."""
+        if not self.cfg.recipes.products:
+            return False, "no recipes.products configured: this station inspects one product"
+        if self._runtime is None:
+            return False, "pipeline is not running"
+        try:
+            runtime = self._switch_product(product, "command")
+        except InputError as exc:
+            return False, str(exc)
+        return True, (f"product {product} in service: model {runtime.bundle.name} ({runtime.bundle.sha256[:12]}), "
+                      f"threshold {runtime.threshold:g}, switch {self.recipes.last_switch_ms:g} ms")
+
+    def _switch_product(self, product: str, reason: str) -> ModelRuntime:
+        with self._reload_lock:
+            current = self._runtime
+            if current.product == product:
+                return current
+            try:
+                runtime = self.recipes.runtime(self.cfg, product, keep=product)
+            except UnknownProduct:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broken bundle keeps the product in service
+                log.exception("product_load_failed", product=product)
+                raise InputError(f"product {product!r} not loaded, keeping {current.product or current.bundle.name}: "
+                                 f"{type(exc).__name__}: {exc}") from None
+            self._threshold_override = None  # each recipe brings its own threshold
+            self._swap_runtime(runtime)
+        log.info("product_switched", product=product, previous=current.product, reason=reason,
+                 model=runtime.bundle.name, switch_ms=self.recipes.last_switch_ms)
+        self.observer.on_state("product", product, f"{reason}: model {runtime.bundle.name}")
+        self._publish_status()
+        return runtime
 
     def _publish(self, verdict: Verdict) -> int:
         with self._publisher_lock:
@@ -450,6 +506,8 @@ class Supervisor:
             "model": None if runtime is None else {**runtime.model_info, "provider": getattr(runtime.engine, "provider", "?"),
                                                    "generation": runtime.generation},
             "threshold": None if runtime is None else runtime.threshold,
+            "product": None if runtime is None else runtime.product,
+            "products_loaded": self.recipes.loaded,
             "threshold_override": self._threshold_override,  # set_threshold value in force, if any
             "queues": pipeline.queue_depths() if pipeline else {},
             "heartbeats_s": {k: round(v, 2) for k, v in self.stage_heartbeats().items()},
@@ -490,17 +548,30 @@ class Supervisor:
             restart_needed = [s for s in RESTART_ONLY_SECTIONS if s in changed]
             # keep the sections that cannot change live, so status and the next diff tell the truth
             new_cfg = new_cfg.model_copy(update={s: getattr(old_cfg, s) for s in RESTART_ONLY_SECTIONS})
-            engine_changed = any(getattr(old_cfg.model, k) != getattr(new_cfg.model, k) for k in ENGINE_KEYS)
             current = self._runtime
+            product = current.product  # a recipe in service: its settings are what this reload changes
+            if product is not None and product not in new_cfg.recipes.products:
+                return self._reload_done(False, f"new config rejected, keeping the running one: recipes.products "
+                                                f"has no {product!r}, the product in service (switch product first)")
+            run_cfg, old_run_cfg = ((new_cfg, old_cfg) if product is None
+                                    else (product_config(new_cfg, product), product_config(old_cfg, product)))
+            engine_changed = any(getattr(old_run_cfg.model, k) != getattr(run_cfg.model, k) for k in ENGINE_KEYS)
             try:
-                if engine_changed:
+                if engine_changed and product is not None:
+                    # a recipe's new bundle: loaded now (like a product switch), not in the background
+                    self.recipes.forget()
+                    candidate = self.recipes.runtime(new_cfg, product, keep=product)
+                    engine_changed = False
+                elif engine_changed:
                     new_bundle = load_bundle(new_cfg.model.path)
                     build_preprocessor(new_cfg, new_bundle)
                     candidate = None
                 else:
-                    candidate = build_runtime(new_cfg, current.bundle, current.engine, current.generation + 1)
+                    candidate = build_runtime(run_cfg, current.bundle, current.engine, current.generation + 1, product=product)
             except InputError as exc:
                 return self._reload_done(False, f"new config rejected, keeping the running one: {exc}")
+            if "recipes" in changed:
+                self.recipes.forget()  # other products load from their new recipes on their next use
             applied = []
             if "mqtt" in changed or "station" in changed:
                 try:
@@ -667,6 +738,7 @@ class Supervisor:
             self.publisher.set_status(
                 state=self._state,
                 model=runtime.model_info,
+                product=runtime.product,
                 threshold=runtime.threshold,
                 camera=self._camera_state,
                 last_reload=self.last_reload or None,

@@ -39,7 +39,7 @@ def schema_keys(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
 def yaml_keys(tree, prefix: str = "") -> set[str]:
     keys = set()
     for k, v in tree.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:  # an empty mapping ({}: e.g. recipes.products) is a value
             keys |= yaml_keys(v, f"{prefix}{k}.")
         else:
             keys.add(f"{prefix}{k}")

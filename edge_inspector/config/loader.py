@@ -141,9 +141,16 @@ def _resolve_paths(data: dict, base: Path) -> None:
             continue
         value = node.get(keys[-1])
         if isinstance(value, str) and value and not _looks_like_device(keys, value):
-            p = Path(value).expanduser()
-            if not p.is_absolute():
-                node[keys[-1]] = str((base / p))
+            node[keys[-1]] = _against(base, value)
+    products = (data.get("recipes") or {}).get("products") if isinstance(data.get("recipes"), dict) else None
+    for product in (products or {}).values() if isinstance(products, dict) else ():
+        if isinstance(product, dict) and isinstance(product.get("model_path"), str) and product["model_path"]:
+            product["model_path"] = _against(base, product["model_path"])
+
+
+def _against(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return value if p.is_absolute() else str(base / p)
 
 
 def _looks_like_device(keys: tuple, value: str) -> bool:

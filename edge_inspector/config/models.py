@@ -124,6 +124,12 @@ class QualityConfig(_Section):
     max_mean: FiniteFloat = Field(250.0, ge=128, le=255, description="absolute upper limit of the mean luma")
 
 
+def roi_positive(v):
+    if v is not None and (v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
+        raise ValueError("roi must be [x>=0, y>=0, w>0, h>0]")
+    return v
+
+
 class PreprocessConfig(_Section):
     roi: Optional[tuple[RoiInt, RoiInt, RoiInt, RoiInt]] = Field(None, description="[x, y, w, h] in original-image pixels")
     # null = the lighting the model bundle was trained with; an explicit value must match it.
@@ -136,9 +142,7 @@ class PreprocessConfig(_Section):
     @field_validator("roi")
     @classmethod
     def _roi_positive(cls, v):
-        if v is not None and (v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
-            raise ValueError("roi must be [x>=0, y>=0, w>0, h>0]")
-        return v
+        return roi_positive(v)
 
     @model_validator(mode="after")
     def _flat_field_needs_reference(self):
@@ -236,6 +240,41 @@ class HealthConfig(_Section):
     token_file: Optional[Path] = None
 
 
+# Product names travel in P/cmd/trigger, P/cmd/product and results: the same rule everywhere.
+ProductName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class ProductConfig(_Section):
+    """One product (variant) of the station: its model bundle and the settings that go with it.
+    Unset settings fall back to the station's (model.threshold, preprocess.roi, ...)."""
+
+    model_path: Path = Field(..., description="MODEL_DIR of this product's bundle")
+    threshold: Optional[FiniteFloat] = Field(None, **THRESHOLD_RANGE, description="default: model.threshold, then the bundle's calibration")
+    roi: Optional[tuple[RoiInt, RoiInt, RoiInt, RoiInt]] = Field(None, description="[x, y, w, h]; default preprocess.roi")
+    min_defect_area_px: Optional[Integer] = Field(None, ge=0, le=1_000_000_000, description="default postprocess.min_defect_area_px")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_positive(cls, v):
+        return roi_positive(v)
+
+
+class RecipesConfig(_Section):
+    """Products → bundles (pipeline/recipes.py). Empty: the station runs model.path only and a
+    trigger's ``product`` is just echoed."""
+
+    products: dict[ProductName, ProductConfig] = Field(default_factory=dict)
+    default: Optional[ProductName] = Field(None, description="product in service at start; null = model.path until the first switch")
+    max_loaded: Integer = Field(2, ge=1, le=64, description="product engines kept in memory (the active one included); others load on demand")
+    preload: bool = Field(True, description="load up to max_loaded products at start, so the first switches cost no load")
+
+    @model_validator(mode="after")
+    def _default_is_a_product(self):
+        if self.default is not None and self.default not in self.products:
+            raise ValueError(f"default {self.default!r} is not one of products ({', '.join(self.products) or 'none'})")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: Optional[bool] = Field(None, description="default: JSON unless stderr is a terminal")
@@ -253,6 +292,7 @@ class Config(_Section):
     archive: ArchiveConfig = ArchiveConfig()
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
+    recipes: RecipesConfig = Field(default_factory=RecipesConfig, description="products of this station and their model bundles")
 
     @property
     def topic_base(self) -> str:

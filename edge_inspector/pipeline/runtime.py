@@ -32,6 +32,8 @@ class ModelRuntime:
     frame_expectation: FrameExpectation
     # Exposure limits (config) against this bundle's training images: unusable frames become ERROR.
     quality_gate: QualityGate = QualityGate(enabled=False)
+    # The recipe (config ``recipes``) this generation inspects; None = the station's model.path.
+    product: Optional[str] = None
 
     @property
     def model_info(self) -> dict:
@@ -94,7 +96,8 @@ def build_region_settings(cfg: Config, threshold: float) -> RegionSettings:
 
 
 def build_runtime(
-    cfg: Config, bundle: ModelBundle, engine: Engine, generation: int, threshold_override: Optional[float] = None
+    cfg: Config, bundle: ModelBundle, engine: Engine, generation: int, threshold_override: Optional[float] = None,
+    product: Optional[str] = None,
 ) -> ModelRuntime:
     return ModelRuntime(
         bundle=bundle,
@@ -104,6 +107,7 @@ def build_runtime(
         generation=generation,
         frame_expectation=FrameExpectation.from_config(cfg.camera.expect, bundle.image_size),
         quality_gate=QualityGate.from_settings(cfg.preprocess.quality, bundle.meta.get("preprocess"), cfg.preprocess.roi),
+        product=product,
     )
 
 

@@ -75,10 +75,14 @@ class Pipeline:
         queue_size: int,
         max_frames: Optional[int] = None,
         parts: Optional[PartQueue] = None,
+        runtime_for: Optional[Callable[[Frame], ModelRuntime]] = None,
     ):
         self.source = source
         # Announced parts (acquisition/parts.py): one taken per frame of a triggered camera.
         self.parts = parts
+        # The generation that inspects this frame: its trigger may name a product (recipes.py);
+        # raises InputError for a product the station has no recipe for.
+        self.runtime_for = runtime_for or (lambda _frame: current_runtime())
         self.current_runtime = current_runtime
         self.publish = publish
         self.observer = observer
@@ -241,10 +245,20 @@ class Pipeline:
                 self._put("tensors", END, "preprocess")
                 return
             t0 = time.monotonic()
-            item.runtime = runtime = self.current_runtime()
             frame = item.frame
             where = frame.source or frame.frame_id
-            if frame.image is None:
+            try:
+                item.runtime = runtime = self.runtime_for(frame)
+            except InputError as exc:  # e.g. an unknown product: this part ends as an ERROR naming it
+                item.runtime = runtime = self.current_runtime()
+                item.error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a product that fails to load must not kill the stage
+                log.exception("runtime_selection_failed", frame_id=frame.frame_id)
+                item.runtime = runtime = self.current_runtime()
+                item.error = f"product switch failed ({exc.__class__.__name__}: {exc})"
+            if item.error is not None:
+                pass
+            elif frame.image is None:
                 item.error = frame.error or f"{where}: grab failed (no image)"
             elif (odd := runtime.frame_expectation.problem(frame.image)) is not None:
                 item.error = f"{where}: {odd}"  # not this station's camera's frame: no score can be trusted
@@ -326,6 +340,8 @@ class Pipeline:
             verdict = item.verdict
             verdict.model = runtime.model_info if runtime is not None else None
             _identify(verdict, frame.meta.get("part"))
+            if verdict.product is None and runtime is not None:
+                verdict.product = runtime.product  # the recipe in service names the part's product
             self._timed(item, "postprocess", t0)
             verdict.timings_ms = item.timings_ms
             archive_ref = self.observer.on_verdict(verdict, frame, item.anomaly_map if verdict.verdict != "ERROR" else None)

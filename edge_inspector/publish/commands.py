@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_inspector.acquisition.parts import PART_REF_MAX, PartTag
 
+from edge_inspector.config.models import ProductName
 from edge_inspector.config.numbers import THRESHOLD_RANGE, FiniteFloat, Integer, error_text
 from edge_inspector.faults import fault_point
 from edge_inspector.logging import get_logger
@@ -85,7 +86,6 @@ MAX_TRIGGERS_PER_COMMAND = 32
 # Part identity (acquisition/parts.py): short, printable, no control characters (they end up in
 # HMI cells, logs and file names of MES systems).
 PartId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
-ProductName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 ContextKey = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 ContextValue = Annotated[str, Field(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
@@ -118,6 +118,12 @@ class TriggerArgs(_PartArgs):
         return self
 
 
+class ProductArgs(_Args):
+    """Put a product's recipe (config ``recipes.products``) in service from the next frame on."""
+
+    product: ProductName = Field(..., description="one of recipes.products")
+
+
 class PartArgs(_PartArgs):
     """Announce the part the next hardware trigger images (camera.trigger.mode: hardware)."""
 
@@ -129,6 +135,7 @@ COMMANDS: dict[str, type[_Args]] = {
     "status": StatusArgs,
     "trigger": TriggerArgs,
     "part": PartArgs,
+    "product": ProductArgs,
 }
 
 
@@ -337,6 +344,12 @@ class CommandHandler:
         if not ok:
             raise _CommandFailed(_one_line(message))
         return {"count": args.count, "message": message, **_tag_fields(tag)}
+
+    def _cmd_product(self, args: ProductArgs) -> dict:
+        ok, message = self.control.select_product(args.product)
+        if not ok:
+            raise _CommandFailed(_one_line(message))
+        return {"product": args.product, "message": message}
 
     def _cmd_part(self, args: PartArgs) -> dict:
         tag = args.tag()

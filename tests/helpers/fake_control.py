@@ -26,6 +26,7 @@ class FakeControl:
         self.trigger_result = (True, "triggers fired")
         self.trigger_tags: list = []
         self.announced: list = []
+        self.products: list = []
 
     def beat(self, *stages: str) -> None:
         with self._lock:
@@ -49,6 +50,10 @@ class FakeControl:
         self.trigger_calls.append(count)
         self.trigger_tags.append(tag)
         return self.trigger_result
+
+    def select_product(self, product):
+        self.products.append(product)
+        return True, f"product {product} in service"
 
     def announce_part(self, tag):
         self.announced.append(tag)
