@@ -115,8 +115,9 @@ class PipelineControl(Protocol):
     def announce_part(self, tag: Any) -> tuple[bool, str]:
         """Queue the identity of the part the next hardware trigger images (``P/cmd/part``)."""
 
-    def snapshot(self) -> Optional[np.ndarray]:
-        """The last grabbed frame (original pixels), or None."""
+    def snapshot(self, seq: Optional[int] = None) -> Optional[np.ndarray]:
+        """The last grabbed frame (original pixels), or the archived frame of result ``seq``; None
+        when there is none."""
 
     def status(self) -> dict:
         """fps, frames in/out, verdict counts, mqtt state, outbox depth, camera state, model id."""

@@ -34,6 +34,7 @@ from edge_inspector import faults, systemd
 from edge_inspector.acquisition.parts import PartQueue, PartTag
 from edge_inspector.acquisition.trigger import SoftwareTrigger
 from edge_inspector.archive import store as archive_store
+from edge_inspector.archive.http import image_urls
 from edge_inspector.config.loader import load_config
 from edge_inspector.config.models import Config
 from edge_inspector.config.numbers import threshold_problem
@@ -341,7 +342,11 @@ class Supervisor:
         with self._publisher_lock:
             # The payload names verdict.model, the model that scored *this* frame: frames still
             # in flight during a hot swap were scored by the previous generation.
+            verdict.image_url, verdict.heatmap_url = image_urls(self.cfg.archive.base_url, verdict.archive_ref, verdict.heatmap_ref)
             seq = self.publisher.publish_verdict(verdict)
+            archive = self._archive()
+            if archive is not None:
+                archive.remember(seq, verdict.archive_ref, verdict.heatmap_ref)
             with self._awaiting_ack_lock:
                 self._awaiting_ack[seq] = verdict
                 while len(self._awaiting_ack) > AWAITING_ACK_LIMIT:  # long outage: forget the oldest
@@ -442,7 +447,11 @@ class Supervisor:
         stores = ("outbox", "archive") if self._archive() is not None else ("outbox",)
         return {store: 1.0 if store in full else 0.0 for store in stores}
 
-    def snapshot(self) -> Optional[np.ndarray]:
+    def snapshot(self, seq: Optional[int] = None) -> Optional[np.ndarray]:
+        """The last grabbed frame, or the archived frame of result ``seq`` (None when not kept)."""
+        if seq is not None:
+            archive = self._archive()
+            return None if archive is None else archive.read_image(seq)
         return None if self.pipeline is None else self.pipeline.last_image
 
     def set_threshold(self, value: float) -> tuple[bool, str]:

@@ -24,6 +24,7 @@ archive is under archive.max_mb and nothing is older than archive.max_age_days.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import queue
@@ -56,16 +57,18 @@ _TMP_SUFFIX = ".tmp"
 # Longest the publish stage waits for a frame's archive write before publishing the result
 # without the reference (typically one PNG encode, tens of ms, and only for archived frames).
 REF_WAIT_S = 1.0
+SEQ_MEMORY = 10_000  # the most recent archived results whose files can be fetched by seq
 
 
 class PendingRef(str):
     """An archive reference (the str itself) that becomes valid when the writer has put the file
     on disk: ``resolve`` says whether it did."""
 
-    def __new__(cls, ref: str):
+    def __new__(cls, ref: str, heatmap: bool = False):
         obj = super().__new__(cls, ref)
         obj._done = threading.Event()
         obj.written = False
+        obj.heatmap_ref = heatmap_ref(ref) if heatmap else None  # written with the frame, or neither is
         return obj
 
     @property
@@ -101,6 +104,11 @@ class _Job:
     pending: Optional[PendingRef] = None
 
 
+def heatmap_ref(ref: str) -> str:
+    """``2026-11-28/x.png`` → ``2026-11-28/x.heatmap.png``."""
+    return ref[: -len(".png")] + HEATMAP_SUFFIX
+
+
 def safe_name(frame_id: str) -> str:
     """A frame id as a file name: no path separators, no surprises, bounded length."""
     name = _UNSAFE.sub("_", str(frame_id)).strip("._")[:120]
@@ -133,6 +141,8 @@ class ArchiveStore(PipelineObserver):
             "evicted_age": 0,
         }
         self.root = Path(cfg.path)
+        # seq -> (archive ref, heatmap ref) of this run's results, for /images/seq/... and snapshot by seq
+        self._by_seq: "collections.OrderedDict[int, tuple[str, Optional[str]]]" = collections.OrderedDict()
         if cfg.enabled:
             check_archive_path(self.root)
             self._scan()
@@ -183,6 +193,31 @@ class ArchiveStore(PipelineObserver):
         changed = [f"{k} {getattr(old, k)} -> {getattr(new, k)}" for k in type(new).model_fields if getattr(old, k) != getattr(new, k)]
         return f"archive: {', '.join(changed)}" if changed else "archive: unchanged"
 
+    @property
+    def enabled(self) -> bool:
+        return self._cfg.enabled
+
+    def remember(self, seq: int, ref: Optional[str], heatmap: Optional[str]) -> None:
+        """The result ``seq`` names these files (called when the result is stored)."""
+        if not ref:
+            return
+        with self._lock:
+            self._by_seq[seq] = (str(ref), heatmap)
+            while len(self._by_seq) > SEQ_MEMORY:
+                self._by_seq.popitem(last=False)
+
+    def refs_for_seq(self, seq: int) -> Optional[tuple[str, Optional[str]]]:
+        with self._lock:
+            return self._by_seq.get(seq)
+
+    def read_image(self, seq: int) -> Optional[np.ndarray]:
+        """The archived frame of result ``seq`` (original pixels), or None."""
+        refs = self.refs_for_seq(seq)
+        if refs is None:
+            return None
+        image = cv2.imread(str(self.root / refs[0]), cv2.IMREAD_UNCHANGED)
+        return image
+
     def stats(self) -> dict[str, float]:
         with self._lock:
             return dict(self.counters, files=len(self._index), bytes=self._bytes, queued=self._queue.qsize())
@@ -219,7 +254,7 @@ class ArchiveStore(PipelineObserver):
         )
         with self._lock:
             job.ref = self._unique_ref(day, name)
-            job.pending = PendingRef(job.ref)
+            job.pending = PendingRef(job.ref, heatmap=job.anomaly_map is not None)
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
@@ -274,7 +309,7 @@ class ArchiveStore(PipelineObserver):
     def _write(self, job: _Job) -> bool:
         """Write the frame (and heatmap); True when the frame's file is on disk."""
         target = self.root / job.ref
-        heatmap = target.with_name(target.name[: -len(".png")] + HEATMAP_SUFFIX)
+        heatmap = self.root / heatmap_ref(job.ref)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             size = _write_png(target, job.image)

@@ -228,6 +228,11 @@ class ArchiveConfig(_Section):
     max_age_days: FiniteFloat = Field(30.0, gt=0, le=36500)
     sample_ok_every: Integer = Field(0, ge=0, le=1_000_000_000, description="also keep every Nth OK frame for audit; 0 = never")
     save_heatmap: bool = True
+    # Images by reference (archive/http.py): results carry image_url / heatmap_url under this base.
+    base_url: Optional[str] = Field(None, max_length=256, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*[^\s?#/])?$",
+                                    description="how MES clients reach this station's HTTP server, e.g. http://10.0.0.5:9310; "
+                                                "null = results carry no URLs")
+    require_token: bool = Field(False, description="GET /images/... needs the station's HTTP token (health.token_env / token_file)")
 
 
 class HealthConfig(_Section):

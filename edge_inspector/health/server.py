@@ -228,5 +228,8 @@ def create_ops_component(supervisor: Any) -> Optional[HealthOps]:
         return None  # health.enabled is false
     # Endpoints beside /metrics and /healthz, each built here by name.
     routes: list[Route] = []
+    from edge_inspector.archive.http import create_route as image_route
+
+    routes.append(image_route(supervisor))  # GET /images/...: archived frames and heatmaps by reference
     return HealthOps(metrics.registry, supervisor.cfg, supervisor.stage_heartbeats,
                      conditions=lambda: (supervisor.conditions(), supervisor.warnings()), routes=routes)

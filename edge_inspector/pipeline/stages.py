@@ -360,7 +360,9 @@ class Pipeline:
             verdict = item.verdict
             resolve = getattr(verdict.archive_ref, "resolve", None)
             if resolve is not None:  # name an archive file only once it is on disk (archive/store.py)
+                heatmap = getattr(verdict.archive_ref, "heatmap_ref", None)
                 verdict.archive_ref = resolve()
+                verdict.heatmap_ref = heatmap if verdict.archive_ref else None
             seq = self._publish_with_retry(verdict)
             self.observer.on_stage_latency("publish", time.monotonic() - t0)
             with self._counts_lock:

@@ -47,3 +47,8 @@ class Verdict:
     product: Optional[str] = None
     context: Optional[dict] = None
     part_ref: int = 0  # the integer the PLC message echoes (0: no part announced)
+    # Images by reference (archive/http.py): the heatmap's archive reference, and the URLs of both
+    # files when archive.base_url is set.
+    heatmap_ref: Optional[str] = None
+    image_url: Optional[str] = None
+    heatmap_url: Optional[str] = None

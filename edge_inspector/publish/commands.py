@@ -72,6 +72,8 @@ class SnapshotArgs(_Args):
     max_side: Integer = Field(1024, ge=16, le=8192, description="downscale so the longer side is at most this")
     format: Literal["jpeg", "png"] = "jpeg"
     quality: Integer = Field(85, ge=10, le=100, description="JPEG quality")
+    seq: Optional[Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]] = Field(
+        None, description="the archived frame of this result instead of the last grabbed frame")
 
 
 class StatusArgs(_Args):
@@ -330,9 +332,10 @@ class CommandHandler:
         return {"threshold": args.value, "message": message}
 
     def _cmd_snapshot(self, args: SnapshotArgs) -> dict:
-        image = self.control.snapshot()
+        image = self.control.snapshot(args.seq) if args.seq is not None else self.control.snapshot()
         if image is None:
-            raise _CommandFailed("no frame grabbed yet")
+            raise _CommandFailed("no frame grabbed yet" if args.seq is None else
+                                 f"no archived frame for seq {args.seq} (not kept, removed, or from before this start)")
         return encode_snapshot(image, args.max_side, args.format, args.quality)
 
     def _cmd_status(self, args: StatusArgs) -> dict:

@@ -108,6 +108,12 @@ def build_result(verdict: Verdict, *, station: Mapping[str, str], model: Mapping
         payload["error"] = text.splitlines()[0] if text else "unspecified error"
     if verdict.archive_ref:
         payload["archive"] = str(verdict.archive_ref)
+        if verdict.heatmap_ref:
+            payload["heatmap"] = str(verdict.heatmap_ref)
+        if verdict.image_url:  # archive.base_url set: fetch by GET (archive/http.py)
+            payload["image_url"] = verdict.image_url
+        if verdict.heatmap_url:
+            payload["heatmap_url"] = verdict.heatmap_url
     return payload
 
 

@@ -27,6 +27,7 @@ class FakeControl:
         self.trigger_tags: list = []
         self.announced: list = []
         self.products: list = []
+        self.snapshot_seqs: list = []
 
     def beat(self, *stages: str) -> None:
         with self._lock:
@@ -59,7 +60,8 @@ class FakeControl:
         self.announced.append(tag)
         return True, "part announced"
 
-    def snapshot(self):
+    def snapshot(self, seq=None):
+        self.snapshot_seqs.append(seq)
         return self.frame
 
     def status(self) -> dict:
