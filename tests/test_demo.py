@@ -194,6 +194,8 @@ def test_frame_matching_folder_pylon_and_order():
     assert _frame_for({"frame_id": "0815-0000-3"}, frames, 0).truth == "dent"
     assert _frame_for({"frame_id": "0815-0000-4"}, frames, 0).truth == "good"  # emulator looped
     assert _frame_for({"frame_id": "x"}, frames, 1).truth == "scratch"
+    assert _frame_for({"frame_id": "s29933715-f0002-7"}, frames, 0).truth == "scratch"  # with the session part
+    assert _frame_for({"frame_id": "s12-0815-0000-3"}, frames, 0).truth == "dent"
 
 
 def test_summary_counts_catches_false_alarms_and_location():

@@ -244,7 +244,9 @@ def _frame_for(payload: dict, frames: list[Frame], arrival_index: int) -> Option
     len(files), even when frames were dropped in free run. Else fall back to arrival order."""
     import re
 
-    fid = str(payload.get("frame_id", ""))
+    from edge_inspector.publish.payload import camera_frame_id
+
+    fid = camera_frame_id(payload.get("frame_id", ""))  # without the session part (s<session>-)
     by_stem = {Path(f.file).stem: f for f in frames}
     m = re.match(r"^(f\d{4,})-\d+$", fid)
     if m and m.group(1) in by_stem:

@@ -63,6 +63,11 @@ def result_frame_id(frame_id: str, session: Optional[int]) -> str:
     return str(frame_id) if session is None else f"s{session}-{frame_id}"
 
 
+def camera_frame_id(frame_id: str) -> str:
+    """The camera's own id inside a result's ``frame_id`` (inverse of ``result_frame_id``)."""
+    return re.sub(r"^s\d+-", "", str(frame_id))
+
+
 def build_result(verdict: Verdict, *, station: Mapping[str, str], model: Mapping[str, str],
                  session: Optional[int] = None) -> dict:
     """The result payload WITHOUT ``seq`` (the outbox assigns it when it stores the row).

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_inspector.publish.payload import camera_frame_id
 from tests.helpers.contracts import TOPIC_SCHEMAS, schema_errors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,14 +119,9 @@ def check_contract(base: str, msg) -> None:
         CONTRACT_VIOLATIONS.append(f"{msg.topic}: user property schema={user.get('schema')!r}, payload {payload.get('schema')!r}")
 
 
-def camera_frame_id(result: dict) -> str:
-    """The camera's own frame id inside a result's ``frame_id`` (``s<session>-<camera id>``)."""
-    return re.sub(r"^s\d+-", "", result["frame_id"])
-
-
 def frame_stem(result: dict) -> str:
     """The image file name (folder source) a result was made from: ``s12-part_0003-7`` → ``part_0003``."""
-    return camera_frame_id(result).rsplit("-", 1)[0]
+    return camera_frame_id(result["frame_id"]).rsplit("-", 1)[0]
 
 
 class Subscriber:
