@@ -46,7 +46,7 @@ def test_part_queue_is_bounded_and_fifo():
     ({"context": {"k": 1}}, "context.k: Input should be a valid string"),
     ({"context": {f"k{i}": "v" for i in range(17)}}, "context: Dictionary should have at most 16 items"),
     ({"part_ref": 0}, "part_ref: Input should be greater than or equal to 1"),
-    ({"part_ref": True}, "part_ref: Input should be a valid integer"),
+    ({"part_ref": True}, "part_ref: expected a number, got true"),
     ({"schema": "edge-inspector.command/2"}, "schema: Input should be 'edge-inspector.command/1'"),
 ])
 def test_bad_part_identity_is_refused_in_one_line(payload, error):

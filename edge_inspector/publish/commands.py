@@ -72,8 +72,8 @@ class SnapshotArgs(_Args):
     max_side: Integer = Field(1024, ge=16, le=8192, description="downscale so the longer side is at most this")
     format: Literal["jpeg", "png"] = "jpeg"
     quality: Integer = Field(85, ge=10, le=100, description="JPEG quality")
-    seq: Optional[Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]] = Field(
-        None, description="the archived frame of this result instead of the last grabbed frame")
+    seq: Optional[Integer] = Field(None, ge=1, le=2**31 - 1, strict=True,
+                                   description="the archived frame of this result instead of the last grabbed frame")
 
 
 class StatusArgs(_Args):
@@ -97,9 +97,8 @@ class _PartArgs(_Args):
     product: Optional[ProductName] = Field(None, description="product / variant; echoed in the result")
     context: Optional[dict[ContextKey, ContextValue]] = Field(None, max_length=16,
                                                               description="short strings (job, lot, ...) echoed in the result")
-    # strict int: refuses true and 7.0 (Integer's validator would hide the bounds from the JSON Schema)
-    part_ref: Optional[Annotated[int, Field(ge=1, le=PART_REF_MAX, strict=True)]] = Field(
-        None, description="integer echoed in the PLC message (default: derived from part_id)")
+    part_ref: Optional[Integer] = Field(None, ge=1, le=PART_REF_MAX, strict=True,
+                                        description="integer echoed in the PLC message (default: derived from part_id)")
 
     def tag(self) -> Optional[PartTag]:
         if self.part_id is None and self.product is None and not self.context and self.part_ref is None:
@@ -144,7 +143,7 @@ COMMANDS: dict[str, type[_Args]] = {
 def command_json_schema() -> dict:
     """JSON Schema of every command request, generated from the pydantic models above: the file
     docs/schemas/command.schema.json is this (a test keeps them equal)."""
-    defs = {name: model.model_json_schema(by_alias=True) for name, model in COMMANDS.items()}
+    defs = {name: _standard_bounds(model.model_json_schema(by_alias=True)) for name, model in COMMANDS.items()}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://edge-inspector.example/schemas/command.schema.json",
@@ -155,6 +154,20 @@ def command_json_schema() -> dict:
                        "docs/schemas/command.schema.json",
         "$defs": defs,
     }
+
+
+# pydantic writes the bounds of an Optional[Integer] (a type with a BeforeValidator) under their
+# Python names; JSON Schema readers only know the standard keywords.
+_BOUND_KEYWORDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _standard_bounds(node: Any) -> Any:
+    if isinstance(node, dict):
+        numeric = node.get("type") in ("integer", "number")
+        return {(_BOUND_KEYWORDS.get(k, k) if numeric else k): _standard_bounds(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_standard_bounds(v) for v in node]
+    return node
 
 
 def validation_message(err: ValidationError) -> str:

@@ -228,8 +228,14 @@ class Outbox:
         passed since 1970, so even a lost outbox cannot bring back an old ``frame_id``."""
         previous = self._meta_get("session", 0)
         session = previous + 1 if previous else int(time.time() // 60)
-        with self._conn:
-            self._meta_set("session", session)
+        try:
+            with self._conn:
+                self._meta_set("session", session)
+        except (sqlite3.Error, OSError) as exc:
+            # e.g. a full disk: the station must still start (and report it). Not persisted, so
+            # jump to the minutes clock: a restart in the same state a minute later cannot repeat it.
+            session = max(session, int(time.time() // 60))
+            log.error("outbox_session_not_saved", path=str(self.path), session=session, error=f"{type(exc).__name__}: {exc}")
         return session
 
     def _connect(self, path: Path) -> sqlite3.Connection:
