@@ -5,7 +5,6 @@ recipes.max_loaded engines stay loaded."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
