@@ -70,10 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--max-frames", type=int, default=None)
 
-    c = sub.add_parser("check-config", help="validate a station config and print the effective values")
+    c = sub.add_parser("check-config", help="validate a station config and what `run` needs (model, state paths, health port)")
     c.add_argument("file")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument("--schema-only", action="store_true", help="only the config's own rules (no model, paths or port)")
+    c.add_argument("--ignore-port", action="store_true", help="do not check that health.port is free (the station is running)")
 
     d = sub.add_parser("demo", help="synthetic parts → train → emulated camera → broker → verdicts")
     d.add_argument("--workdir", default=None, help="keep demo files here (default: a temp dir)")

@@ -43,6 +43,7 @@ from edge_inspector.health.liveness import assess
 from edge_inspector.inference.bundle import ModelBundle, load_bundle
 from edge_inspector.logging import get_logger, setup_logging
 from edge_inspector.observer import CompositeObserver, PipelineObserver
+from edge_inspector.preflight import require_unit_view
 from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, build_runtime, open_engine
 from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
@@ -149,6 +150,7 @@ class Supervisor:
     # ================================================================ start / run / stop
     def start(self) -> None:
         cfg = self.cfg
+        require_unit_view(cfg)  # a state path the unit cannot write: say so now, not "Read-only file system" later
         bundle = load_bundle(cfg.model.path)
         build_preprocessor(cfg, bundle)  # ROI/lighting vs. this bundle: fail before touching anything
         try:

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from edge_inspector.errors import ConfigError
 from edge_inspector.health.metrics import MetricsObserver
 from edge_inspector.health.server import HealthServer
 from edge_inspector.observer import CompositeObserver
@@ -132,7 +133,7 @@ def test_binds_localhost_by_default():
     assert HealthConfig().host == "127.0.0.1"
 
 
-def test_port_in_use_does_not_stop_the_daemon_and_reload_rebinds(tmp_path):
+def test_port_in_use_is_a_start_error_and_reload_rebinds(tmp_path):
     import socket
 
     from edge_inspector.config.models import Config
@@ -146,7 +147,9 @@ def test_port_in_use_does_not_stop_the_daemon_and_reload_rebinds(tmp_path):
     metrics, control = MetricsObserver(), FakeControl()
     ops = HealthOps(metrics.registry, Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": taken}}), control.stage_heartbeats)
     try:
-        ops.start()  # logs health_not_started; inspection goes on
+        # A station nobody can scrape must not say READY: exit 2 with the port in the message.
+        with pytest.raises(ConfigError, match=rf"health.port={taken} on health.host=127.0.0.1: already in use"):
+            ops.start()
         assert ops.server is None
         new_port = free_port()
         note = ops.apply_config(Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": new_port}}))
