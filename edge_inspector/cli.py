@@ -92,11 +92,17 @@ def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from edge_inspector.logging import setup_logging
+    from edge_inspector.logging import native_output_to_log, quiet_native_env, setup_logging
 
     setup_logging(args.log_level)
+    daemon = args.command == "run"
+    if daemon:
+        quiet_native_env()  # before onnxruntime/OpenCV are imported: journal hygiene
     try:
-        return int(_resolve(_HANDLERS[args.command])(args) or 0)
+        # The journal (stderr not a terminal): native libraries' stderr becomes JSON log lines.
+        # Left before the one-line error below is printed (the CLI contract's plain line).
+        with native_output_to_log(enabled=daemon and not sys.stderr.isatty()):
+            return int(_resolve(_HANDLERS[args.command])(args) or 0)
     except InspectorError as exc:
         print(f"edge-inspector {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -97,6 +97,9 @@ def model_problem(cfg: Config) -> Optional[str]:
         build_preprocessor(cfg, bundle)
         import onnxruntime as ort
 
+        from edge_inspector.logging import quiet_native_libraries
+
+        quiet_native_libraries()
         options = ort.SessionOptions()
         options.log_severity_level = 3
         ort.InferenceSession(str(bundle.onnx_path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -41,7 +41,7 @@ from edge_inspector.health import metrics as health_metrics
 from edge_inspector.health import server as health_server
 from edge_inspector.health.liveness import assess
 from edge_inspector.inference.bundle import ModelBundle, load_bundle
-from edge_inspector.logging import get_logger, setup_logging
+from edge_inspector.logging import bind_station, get_logger, quiet_native_libraries, setup_logging
 from edge_inspector.observer import CompositeObserver, PipelineObserver
 from edge_inspector.preflight import require_unit_view
 from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, build_runtime, open_engine
@@ -698,7 +698,9 @@ def _quietly(fn: Optional[Callable[[], Any]]) -> None:
 def cli_run(args: argparse.Namespace) -> int:
     """``edge-inspector run --config FILE [--set k=v ...] [--max-frames N]``."""
     cfg = load_config(args.config, args.overrides)
+    bind_station(cfg.station.line, cfg.station.name)
     setup_logging(cfg.logging.level, cfg.logging.json_logs)
+    quiet_native_libraries(cfg.logging.level)
     supervisor = Supervisor(cfg, config_path=args.config, overrides=args.overrides, max_frames=args.max_frames)
     _install_signal_handlers(supervisor)
     supervisor.start()
