@@ -34,7 +34,11 @@ class PipelineObserver:
         by the publish stage first: a payload names only a file that was written."""
         return None
 
-    def on_published(self, seq: int, verdict: Any) -> None: ...
+    def on_published(self, seq: int, verdict: Any) -> None:
+        """The broker acknowledged (PUBACK) a result of this run."""
+
+    def on_replayed(self, seq: int) -> None:
+        """The broker acknowledged a result an earlier run left in the outbox."""
 
     def on_state(self, component: str, state: str, detail: str = "") -> None:
         """camera / mqtt / model / pipeline state changes (e.g. camera 'reconnecting')."""
@@ -84,6 +88,9 @@ class CompositeObserver(PipelineObserver):
 
     def on_published(self, seq, verdict):
         self._each("on_published", seq, verdict)
+
+    def on_replayed(self, seq):
+        self._each("on_replayed", seq)
 
     def on_state(self, component, state, detail=""):
         self._each("on_state", component, state, detail)

@@ -135,6 +135,7 @@ class Supervisor:
         self._publisher_lock = threading.RLock()  # publish stage vs. publisher replacement on reload
         self._awaiting_ack: dict[int, Verdict] = {}  # seq -> verdict until its PUBACK (insertion-ordered)
         self._awaiting_ack_lock = threading.Lock()
+        self._seq_at_start: Optional[int] = None
         self._reload_lock = threading.Lock()
         self._model_request = 0  # newest background model load; older ones must not swap in
         self._stop_requested = threading.Event()
@@ -158,6 +159,8 @@ class Supervisor:
             self._set_state("starting", "publisher")
             self.publisher = self._publisher_factory(cfg, {"name": bundle.name, "sha256": bundle.sha256}, self._on_mqtt_state,
                                                      on_acked=self._on_acked)
+            outbox = getattr(self.publisher, "outbox", None)
+            self._seq_at_start = getattr(outbox, "last_seq", None)  # rows up to here are an earlier run's
             self.publisher.start()
             self._set_state("starting", f"loading model {bundle.name}")
             engine = self._engine_factory(cfg, bundle)
@@ -292,11 +295,16 @@ class Supervisor:
         return seq
 
     def _on_acked(self, seq: int) -> None:
-        """PUBACK for ``seq`` (publisher worker thread). The verdict is None for results replayed
-        from a previous run, or evicted from memory during a long outage."""
+        """PUBACK for ``seq`` (publisher worker thread). Results an earlier run left in the
+        outbox (seq at or below the outbox's last seq when this run opened it) are replays, not
+        frames of this run. The verdict is None for those, or for this run's results evicted
+        from memory during a long outage."""
         with self._awaiting_ack_lock:
             verdict = self._awaiting_ack.pop(seq, None)
-        self.observer.on_published(seq, verdict)
+        if self._seq_at_start is not None and seq <= self._seq_at_start:
+            self.observer.on_replayed(seq)
+        else:
+            self.observer.on_published(seq, verdict)
 
     def _on_camera_state(self, state: str, detail: str = "") -> None:
         changed = state != self._camera_state

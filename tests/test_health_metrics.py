@@ -58,14 +58,17 @@ def test_counters_move_with_the_pipeline(served):
     observer = CompositeObserver(metrics)  # the way the supervisor calls it
     _, before = _get(server.url + "/metrics")
     assert _value(before, "edge_inspector_verdicts_total", verdict="NG") == 0
+    assert _value(before, "edge_inspector_broker_connected") == 0  # from the start: the alert can fire
 
     for i in range(5):
         observer.on_frame(object())
         observer.on_stage_latency("inference", 0.012)
         observer.on_verdict(_verdict("NG" if i % 2 else "OK", i), None, None)
         observer.on_published(i + 1, None)
+    observer.on_replayed(99)  # an earlier run's result: not a frame of this run
     observer.on_drop("acquisition", "queue_full")
-    observer.on_queue_depth("inference", 3)
+    depths = {"frames": 1, "inference": 3}
+    metrics.watch_queues(lambda: depths)
     observer.on_outbox_depth(42)
     observer.on_state("mqtt", "connected")
     observer.on_state("mqtt", "disconnected", "broker gone")
@@ -84,7 +87,12 @@ def test_counters_move_with_the_pipeline(served):
     assert _value(text, "edge_inspector_stage_latency_seconds_count", stage="inference") == 5
     assert _value(text, "edge_inspector_stage_latency_seconds_bucket", stage="inference", le="0.02") == 5
     assert _value(text, "edge_inspector_stage_latency_seconds_bucket", stage="inference", le="0.01") == 0
+    assert _value(text, "edge_inspector_results_replayed_total") == 1
     assert _value(text, "edge_inspector_queue_depth", queue="inference") == 3
+    depths.update(frames=0, inference=0)  # read at scrape time: never stuck at the last put()
+    _, again = _get(server.url + "/metrics")
+    assert _value(again, "edge_inspector_queue_depth", queue="frames") == 0
+    assert _value(again, "edge_inspector_broker_connected") == 0  # connected, then disconnected
     assert _value(text, "edge_inspector_outbox_depth") == 42
     assert _value(text, "edge_inspector_component_state", component="mqtt", state="disconnected") == 1
     assert _value(text, "edge_inspector_component_state", component="mqtt", state="connected") == 0
