@@ -148,3 +148,17 @@ def test_health_port_taken_is_exit_2_from_check_config_and_run_and_never_ready(s
     finally:
         listener.close()
         blocker.close()
+
+
+def test_the_example_configs_state_paths_are_writable_under_the_unit(monkeypatch, tmp_path):
+    """The example used to name absolute /var/lib/edge-inspector/... paths: read-only under
+    ProtectSystem=strict for any instance, while check-config passed."""
+    from edge_inspector.preflight import unit_view_problem
+
+    state = tmp_path / "var/lib/edge-inspector/line2-st3"
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    monkeypatch.setenv("EDGE_INSPECTOR_INSTANCE", "line2-st3")
+    cfg = load_config(REPO / "config" / "station.example.yaml")
+    assert unit_view_problem(cfg) is None
+    assert cfg.outbox.path == state / "outbox.sqlite" and cfg.archive.path == state / "archive"
+    assert cfg.health.port == instance_port("line2-st3")
