@@ -118,6 +118,22 @@ def test_install_start_upgrade_prune_rollback_uninstall(scratch):
     release2 = in_service(root)
     assert releases(root) == [release1, release2]
 
+    # --- a release that fails to build changes nothing in service (and leaves nothing behind)
+    bad = scratch["top"] / "bad" / wheel.name
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a wheel")
+    proc = install(scratch, "--source", str(bad), "--wheelhouse", str(wheel.parent), check=False)
+    assert proc.returncode != 0 and "failed before the switch" in proc.stderr, proc.stdout + proc.stderr
+    assert in_service(root) == release2 and releases(root) == [release1, release2]
+
+    # --- the unit as installed verifies (its ExecStart now exists)
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        unit = root / "etc/systemd/system/edge-inspector@.service"
+        proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "edge-inspector@" in line]
+        assert not ours, "\n".join(ours)
+
     # --- the unit's ExecStart, as the service user, with the unit's environment: READY=1
     start_unit_and_scrape(scratch)
 
