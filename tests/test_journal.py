@@ -12,10 +12,9 @@ import textwrap
 
 import pytest
 
-from tests.helpers.station import PYTHON, REPO, station_config, write_config, write_parts
+from tests.helpers.station import PYTHON, REPO, bundle_and_parts, station_config, write_config
 
 pytest.importorskip("onnx", reason="the tiny test bundle is built with onnx (the train extra)")
-from tests.helpers.tiny_bundle import make_tiny_bundle  # noqa: E402
 
 
 def _json_lines(stderr: str) -> list[dict]:
@@ -30,9 +29,7 @@ def _json_lines(stderr: str) -> list[dict]:
 
 
 def test_every_daemon_line_is_json_with_station_fields(tmp_path):
-    model = make_tiny_bundle(tmp_path / "model")
-    images = tmp_path / "images"
-    write_parts(images, 3)
+    model, images = bundle_and_parts(tmp_path, 3)
     cfg = station_config(tmp_path, 9, model, images, health={"enabled": True, "port": 0})
     config = write_config(tmp_path / "station.yaml", cfg)
     # HOME that does not exist: onnxruntime then prints its coloured telemetry warning from C++.

@@ -20,10 +20,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.broker import Mosquitto, free_port, mosquitto_binary
-from tests.helpers.station import Subscriber, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.station import (Subscriber, bundle_and_parts, run_cli, start_daemon, station_config, stop_daemon,
+                                   write_config)
 
 pytest.importorskip("onnx", reason="the tiny test bundle is built with onnx (the train extra)")
-from tests.helpers.tiny_bundle import make_tiny_bundle  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not mosquitto_binary(), reason="mosquitto is not installed (apt-get install -y mosquitto)")
 
@@ -77,9 +77,7 @@ def lint(families: dict) -> list[str]:
 
 
 def test_metrics_match_the_pipeline_after_a_replay(tmp_path):
-    model = make_tiny_bundle(tmp_path / "model")
-    images = tmp_path / "images"
-    write_parts(images, 4)
+    model, images = bundle_and_parts(tmp_path, 4)
     broker = Mosquitto(tmp_path / "broker")  # its port is fixed now; started later
     health_port = free_port()
     cfg = station_config(tmp_path, broker.port, model, images, health={"enabled": True, "port": health_port},

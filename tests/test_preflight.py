@@ -16,10 +16,9 @@ import pytest
 from edge_inspector.config.loader import load_config
 from edge_inspector.instance import BASE_PORT, PORT_RANGE, instance_port
 from tests.helpers.notify_listener import NotifyListener
-from tests.helpers.station import PYTHON, REPO, station_config, write_config, write_parts
+from tests.helpers.station import PYTHON, REPO, bundle_and_parts, station_config, write_config
 
 pytest.importorskip("onnx", reason="the tiny test bundle is built with onnx (the train extra)")
-from tests.helpers.tiny_bundle import make_tiny_bundle  # noqa: E402
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -38,9 +37,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture
 def station(tmp_path):
-    model = make_tiny_bundle(tmp_path / "model")
-    images = tmp_path / "images"
-    write_parts(images, 2)
+    model, images = bundle_and_parts(tmp_path, 2)
     cfg = station_config(tmp_path, 1, model, images)
     for section in ("outbox",):
         cfg.pop(section)  # per-instance defaults decide
