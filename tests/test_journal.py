@@ -32,9 +32,11 @@ def test_every_daemon_line_is_json_with_station_fields(tmp_path):
     model, images = bundle_and_parts(tmp_path, 3)
     cfg = station_config(tmp_path, 9, model, images, health={"enabled": True, "port": 0})
     config = write_config(tmp_path / "station.yaml", cfg)
-    # HOME that does not exist: onnxruntime then prints its coloured telemetry warning from C++.
+    # A HOME nobody can create (not even root): onnxruntime's C++ logger then writes its coloured
+    # "Failed to persist telemetry device ID" warning to stderr at the first session.
+    (tmp_path / "a-file").write_text("x")
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    env.update(HOME=str(tmp_path / "no-home"), PYTHONWARNINGS="always")
+    env.update(HOME=str(tmp_path / "a-file" / "home"), PYTHONWARNINGS="always")
     proc = subprocess.run([PYTHON, "-m", "edge_inspector", "run", "--config", str(config), "--max-frames", "3",
                            "--set", "pipeline.shutdown_timeout_s=2"],
                           cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120)
