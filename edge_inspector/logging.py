@@ -157,15 +157,20 @@ def native_output_to_log(enabled: bool = True) -> Iterator[None]:
     log = get_logger("edge_inspector.native")
 
     def pump() -> None:
+        # This loop must outlive any single bad line: if it stopped reading, the pipe would fill
+        # and every later write to stderr (native code's included) would block the daemon.
         with os.fdopen(read_fd, "rb") as pipe:
             for raw in pipe:
-                text = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip()
-                if not text:
+                try:
+                    text = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip()
+                    if not text:
+                        continue
+                    if _JSON["on"]:
+                        getattr(log, _native_level(text))("native_output", output=text)
+                    else:
+                        _SINK.write(text + "\n")
+                except Exception:  # noqa: BLE001 - e.g. the real stderr gone: drop the line, keep draining
                     continue
-                if _JSON["on"]:
-                    getattr(log, _native_level(text))("native_output", output=text)
-                else:
-                    _SINK.write(text + "\n")
 
     reader = threading.Thread(target=pump, name="native-stderr", daemon=True)
     _SINK.target = real
