@@ -157,8 +157,8 @@ class DriftMonitor(PipelineObserver):
             body.update(status="off", reason="drift.enabled is false")
         elif reference is None:
             body.update(status="unavailable", reason=reason)
-        elif body["samples"] < cfg.min_samples:
-            body.update(status="collecting", reason=f"{body['samples']}/{cfg.min_samples} frames in the window")
+        elif body["samples"] < min(cfg.min_samples, cfg.window):
+            body.update(status="collecting", reason=f"{body['samples']}/{min(cfg.min_samples, cfg.window)} frames in the window")
         else:
             values = {s: round(psi(reference[s], recent[s]), 4) for s in SIGNALS}
             worst = max(values, key=values.get)

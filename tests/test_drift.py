@@ -136,6 +136,9 @@ def test_a_new_model_starts_a_new_window():
     assert monitor.snapshot()["samples"] == 0
 
 
-def test_drift_config_needs_min_samples_within_the_window():
-    with pytest.raises(ValueError, match="min_samples 300 is above window 100"):
-        DriftConfig(window=100, min_samples=300)
+def test_min_samples_above_the_window_is_capped_at_the_window():
+    ref = drift_reference([1.0] * 20, [(100.0, 5.0)] * 20)
+    monitor = _monitor({"name": "m", "drift_reference": ref}, window=20, min_samples=300)
+    for _ in range(25):
+        monitor.on_verdict(types.SimpleNamespace(verdict="OK", score=1.0), _frame(100), None)
+    assert monitor.snapshot()["status"] in ("ok", "alert") and monitor.snapshot()["samples"] == 20
