@@ -4,19 +4,23 @@ itself and bundles without a reference."""
 
 from __future__ import annotations
 
+import json
 import types
 
 import cv2
 import numpy as np
 import pytest
 
+jsonschema = pytest.importorskip("jsonschema")
+
 from edge_inspector.config.models import DriftConfig
 from edge_inspector.drift import DriftMonitor, drift_reference, image_stats, psi
 from tests.helpers.page import page_station, request
-from tests.helpers.station import Subscriber, start_daemon, stop_daemon
+from tests.helpers.station import REPO, Subscriber, start_daemon, stop_daemon
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 N = 40
+HEALTH_SCHEMA = json.loads((REPO / "docs" / "schemas" / "health.schema.json").read_text())
 
 
 def write_calibration_parts(folder, brighten: int = 0) -> list[np.ndarray]:
@@ -53,7 +57,9 @@ def _replay(tmp_path, mqtt_port, model_dir, images, name) -> tuple[dict, dict]:
     try:
         sub.wait_for(lambda: any(h.get("drift", {}).get("status") in ("ok", "alert") for h in sub.payloads("health")),
                      60, "a P/health drift verdict")
-        health = [h["drift"] for h in sub.payloads("health") if h.get("drift", {}).get("status") in ("ok", "alert")][-1]
+        message = [h for h in sub.payloads("health") if h.get("drift", {}).get("status") in ("ok", "alert")][-1]
+        jsonschema.validate(message, HEALTH_SCHEMA)  # the documented schema knows the drift section
+        health = message["drift"]
         metrics = request(base + "/metrics")[1].decode()
     finally:
         stop_daemon(proc)

@@ -13,11 +13,12 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from edge_inspector.drift import drift_reference, image_stats
 from tests.helpers.page import TOKEN, start_page_daemon
-from tests.helpers.station import REPO, stop_daemon, write_parts
+from tests.helpers.station import REPO, stop_daemon
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,7 +36,7 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,960",
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
                 "--disable-gpu", "--hide-scrollbars"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
@@ -44,8 +45,29 @@ def browser():
     driver.quit()
 
 
+def write_line_parts(folder: Path, n: int = 9) -> list[Path]:
+    """Parts with a little surface texture (the tiny bundle scores them low); every third one has
+    a scratch or a bright spot somewhere (scored high): NG."""
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(n):
+        img = cv2.GaussianBlur(rng.normal(127, 14, (240, 320)).astype(np.float32), (0, 0), 2)
+        if i % 3 == 2:
+            x, y = int(rng.integers(40, 260)), int(rng.integers(30, 190))
+            if i % 2:
+                cv2.line(img, (x, y), (x + int(rng.integers(20, 50)), y + int(rng.integers(-20, 20))), 10, 3)
+            else:
+                cv2.circle(img, (x, y), int(rng.integers(5, 12)), 250, -1)
+        path = folder / f"part_{i:04d}.png"
+        cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
+        paths.append(path)
+    return paths
+
+
 def _shot(driver, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.execute_script("window.scrollTo(0, 0)")
     path = ARTIFACTS / name
     driver.save_screenshot(str(path))
     return path
@@ -53,9 +75,9 @@ def _shot(driver, name: str) -> Path:
 
 def test_operator_page_in_a_real_browser(tmp_path, mosquitto, browser):
     images = tmp_path / "images"
-    paths = write_parts(images, 9, size=(240, 320))  # every third part has a white blotch: NG
-    # a drift reference from these very parts, so the page has a drift figure to show
-    reference = drift_reference([0.0, 0.0, 1.0] * 10, [image_stats(cv2.imread(str(p))) for p in paths])
+    paths = write_line_parts(images)
+    # a drift reference as training would write it (good parts only: the NG third shows as drift)
+    reference = drift_reference([0.04, 0.05, 0.06] * 10, [image_stats(cv2.imread(str(p))) for p in paths])
     model = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.5, drift_reference=reference)
     proc, base = start_page_daemon(tmp_path, mosquitto.port, model, images, camera={"fps": 4.0},
                                    drift={"window": 20, "min_samples": 20})
