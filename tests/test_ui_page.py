@@ -203,3 +203,18 @@ def test_page_off_when_health_is_off(tmp_path, mosquitto, model_dir, images):
     cfg = load_config(config, ["health.enabled=false"])
     sup = Supervisor(cfg)
     assert not any(type(c).__name__ == "LiveView" for c in sup._build_ops())
+
+
+def test_the_page_files_ship_as_package_data():
+    """A non-editable install (pip install .) must carry the static files the routes serve."""
+    import fnmatch
+    import tomllib
+
+    from edge_inspector.ui.routes import STATIC
+    from tests.helpers.station import REPO
+
+    static = REPO / "edge_inspector" / "ui" / "static"
+    assert sorted(p.name for p in static.iterdir()) == sorted(STATIC)
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["edge_inspector"]
+    for name in STATIC:
+        assert any(fnmatch.fnmatch(f"ui/static/{name}", pattern) for pattern in patterns), name
