@@ -211,13 +211,6 @@ class _DriftCollector:
                                 value=0.0 if snap["status"] == "unavailable" else 1.0)
 
 
-def find_drift(supervisor: Any) -> Optional[DriftMonitor]:
-    for observer in getattr(getattr(supervisor, "observer", None), "observers", ()):
-        if isinstance(observer, DriftMonitor):
-            return observer
-    return None
-
-
 def create_ops_component(supervisor: Any) -> DriftMonitor:
     """Hook for Supervisor._build_ops (after metrics, which exports its collector)."""
     from edge_inspector.health.metrics import find_metrics

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from edge_inspector.logging import get_logger
-from edge_inspector.observer import PipelineObserver
+from edge_inspector.observer import PipelineObserver, find_observer
 from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
@@ -330,22 +330,15 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
-def find_live_view(supervisor: Any) -> Optional[LiveView]:
-    for observer in getattr(getattr(supervisor, "observer", None), "observers", ()):
-        if isinstance(observer, LiveView):
-            return observer
-    return None
-
-
 def create_ops_component(supervisor: Any) -> Optional[LiveView]:
     """Hook for Supervisor._build_ops: the page lives on the health server, so both must be on."""
     cfg = supervisor.cfg
     if not (cfg.ui.enabled and cfg.health.enabled):
         return None
-    from edge_inspector.drift import find_drift
+    from edge_inspector.drift import DriftMonitor
     from edge_inspector.health.metrics import find_metrics
 
-    view = LiveView(cfg, roi=cfg.preprocess.roi, drift=find_drift(supervisor))
+    view = LiveView(cfg, roi=cfg.preprocess.roi, drift=find_observer(supervisor, DriftMonitor))
     metrics = find_metrics(supervisor)
     if metrics is not None:
         metrics.watch_counters("ui_frames", "Parts the operator page showed, or skipped because it was busy",

@@ -183,9 +183,9 @@ class UiRoutes:
 def create_routes(supervisor: Any) -> list[Route]:
     """The page's routes for the health server (none when the page is off)."""
     from edge_inspector.health.metrics import find_metrics
-    from edge_inspector.ui.live import find_live_view
+    from edge_inspector.observer import find_observer
 
-    view = find_live_view(supervisor)
+    view = find_observer(supervisor, LiveView)
     if view is None:
         return []
     ui = UiRoutes(view, supervisor)
