@@ -32,7 +32,7 @@ import numpy as np
 
 from edge_inspector.logging import get_logger
 from edge_inspector.observer import PipelineObserver
-from edge_inspector.preprocess.quality import _luma_u8, _sample
+from edge_inspector.preprocess.quality import sampled_luma
 
 log = get_logger(__name__)
 
@@ -44,7 +44,7 @@ _SNAPSHOT_TTL_S = 1.0  # scrapes, P/health and the page share one computation pe
 
 def image_stats(image: np.ndarray) -> tuple[float, float]:
     """(mean luma, luma standard deviation) of a uint8 frame, on the quality gate's subsample."""
-    luma = _luma_u8(_sample(image)).astype(np.float32)
+    luma = sampled_luma(image).astype(np.float32)
     return float(luma.mean()), float(luma.std())
 
 

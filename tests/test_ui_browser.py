@@ -8,6 +8,7 @@ with ``EDGE_INSPECTOR_SCREENSHOT=docs/images/operator-page.png`` to refresh READ
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -102,12 +103,15 @@ def test_operator_page_in_a_real_browser(tmp_path, mosquitto, browser):
         # feedback: name + token, then "good — false alarm" on the newest NG card
         browser.find_element(By.ID, "who").send_keys("anna")
         browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.ID, "why").send_keys("printed marking, not a scratch")
         card = browser.find_element(By.CSS_SELECTOR, "#gallery .card")
         card_id = card.get_attribute("data-card")
         card.find_element(By.CSS_SELECTOR, "button.fb-good").click()
         wait.until(lambda d: "saved as good" in d.find_element(By.ID, "feedback-msg").text)
         saved = list((tmp_path / "feedback" / "test" / "good").glob(f"*_c{card_id}.png"))
-        assert len(saved) == 1 and saved[0].with_suffix(".json").is_file()
+        assert len(saved) == 1
+        record = json.loads(saved[0].with_suffix(".json").read_text())
+        assert record["who"] == "anna" and record["why"] == "printed marking, not a scratch" and record["label"] == "good"
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery .card .judged")) >= 1)
         shot = _shot(browser, "feedback.png")
         target = os.environ.get("EDGE_INSPECTOR_SCREENSHOT")

@@ -242,7 +242,7 @@ class LiveView(PipelineObserver):
                 if card.verdict == "NG":
                     self.gallery.append(card)
                 self.frames["shown"] += 1
-            self.hub.publish("part", _dumps({"card": card.as_json(), "stats": self.stats()}))
+            self.hub.publish("part", dumps({"card": card.as_json(), "stats": self.stats()}))
 
     def _render(self, job: _Job) -> Card:
         v = job.verdict
@@ -324,7 +324,8 @@ def _jpeg(image: np.ndarray) -> bytes:
     return buf.tobytes() if ok else b""
 
 
-def _dumps(obj: Any) -> str:
+def dumps(obj: Any) -> str:
+    """Event / API JSON: compact, and never NaN (a browser's JSON.parse rejects it)."""
     import json
 
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)

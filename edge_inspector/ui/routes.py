@@ -27,7 +27,7 @@ from edge_inspector.health.auth import load_token, presented_token, token_matche
 from edge_inspector.health.server import Route, send
 from edge_inspector.logging import get_logger
 from edge_inspector.ui.feedback import parse_request, write_feedback
-from edge_inspector.ui.live import LiveView, _dumps
+from edge_inspector.ui.live import LiveView, dumps
 
 log = get_logger(__name__)
 
@@ -40,6 +40,7 @@ _IMAGE = re.compile(r"^/ui/img/(\d{1,12})/(frame|overlay)\.jpg$")
 SSE_WRITE_TIMEOUT_S = 10.0  # a browser that stops reading for this long loses its event stream
 SSE_KEEPALIVE_S = 15.0
 SSE_SEND_BUFFER = 64 * 1024
+MAX_LIVE_VIEWERS = 16  # each holds one HTTP thread while connected
 MAX_FEEDBACK_BYTES = 16 * 1024
 TEXT = "text/plain; charset=utf-8"
 # The page's own files only: no inline script, nothing from elsewhere (the station has no internet).
@@ -81,7 +82,7 @@ class UiRoutes:
             return send(request, 404, TEXT, b"not found\n")
         if path == "/ui/api/state":
             body = dict(self.view.state(), actions=self._actions())
-            return send(request, 200, "application/json", _dumps(body).encode())
+            return send(request, 200, "application/json", dumps(body).encode())
         if path == "/ui/events":
             return self._events(request)
         match = _IMAGE.match(path)
@@ -104,6 +105,9 @@ class UiRoutes:
 
     def _events(self, request) -> None:
         hub = self.view.hub
+        if hub.clients >= MAX_LIVE_VIEWERS:
+            return send(request, 503, TEXT, f"too many live viewers ({MAX_LIVE_VIEWERS}); close a page and retry\n".encode(),
+                        {"Retry-After": "10"})
         q = hub.subscribe()
         # A browser that stops reading fills the socket buffer: the write times out and this
         # thread ends; the hub has already stopped queueing for it (never blocking the render thread).
@@ -116,7 +120,7 @@ class UiRoutes:
             request.send_header("Content-Type", "text/event-stream")
             request.send_header("Cache-Control", "no-store")
             request.end_headers()
-            request.wfile.write(f"retry: 2000\nevent: hello\ndata: {_dumps(self.view.stats())}\n\n".encode())
+            request.wfile.write(f"retry: 2000\nevent: hello\ndata: {dumps(self.view.stats())}\n\n".encode())
             request.wfile.flush()
             while True:
                 try:

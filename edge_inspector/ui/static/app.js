@@ -39,7 +39,7 @@
     if (!who) { msg.className = "error"; msg.textContent = "enter your name first"; return; }
     button.disabled = true;
     try {
-      const why = label === "good" ? "false alarm" : "missed defect";
+      const why = $("why").value.trim() || (label === "good" ? "false alarm" : "missed defect");
       const r = await fetch("/ui/feedback", {
         method: "POST",
         headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token },
@@ -48,7 +48,7 @@
       const body = await r.json().catch(() => ({ message: "HTTP " + r.status }));
       msg.className = r.ok ? "" : "error";
       msg.textContent = body.message || ("HTTP " + r.status);
-      if (r.ok) { card.feedback = label; renderLatest(); renderGallery(); }
+      if (r.ok) { card.feedback = label; $("why").value = ""; renderLatest(); renderGallery(); }
     } catch (e) {
       msg.className = "error"; msg.textContent = "feedback not sent: " + e;
     } finally {
