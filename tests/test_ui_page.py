@@ -218,3 +218,36 @@ def test_the_page_files_ship_as_package_data():
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["edge_inspector"]
     for name in STATIC:
         assert any(fnmatch.fnmatch(f"ui/static/{name}", pattern) for pattern in patterns), name
+
+
+def test_counters_start_over_at_each_shift():
+    from datetime import datetime, timedelta
+    import types
+
+    from edge_inspector.config.models import Config
+    from edge_inspector.ui.live import LiveView
+
+    cfg = Config.model_validate({"station": {"line": "l", "name": "s"}, "ui": {"shift_starts": ["14:00", "06:00"]}})
+    assert cfg.ui.shift_starts == ["06:00", "14:00"]
+    morning = datetime.now().astimezone().replace(hour=13, minute=0, second=0, microsecond=0).timestamp()
+    view = LiveView(cfg, clock=lambda: morning)
+
+    def verdict(kind, at):
+        view.on_verdict(types.SimpleNamespace(verdict=kind, score=0.1, threshold=0.5, ts_wall=at), types.SimpleNamespace(image=None), None)
+
+    verdict("OK", morning + 60)
+    verdict("NG", morning + 120)
+    assert view.stats()["counts"] == {"OK": 1, "NG": 1, "ERROR": 0} and view.stats()["yield"] == 0.5
+    afternoon = morning + timedelta(hours=1, minutes=1).total_seconds()  # 14:01: the second shift
+    verdict("OK", afternoon)
+    stats = view.stats()
+    assert stats["counts"] == {"OK": 1, "NG": 0, "ERROR": 0} and stats["yield"] == 1.0
+    assert datetime.fromtimestamp(stats["since"]).astimezone().strftime("%H:%M") == "14:00"
+
+
+@pytest.mark.parametrize("bad", ["6:00", "24:00", "12:60", "noon"])
+def test_shift_starts_must_be_clock_times(bad):
+    from edge_inspector.config.models import UiConfig
+
+    with pytest.raises(ValueError, match="HH:MM"):
+        UiConfig(shift_starts=[bad])

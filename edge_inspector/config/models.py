@@ -256,6 +256,17 @@ class UiConfig(_Section):
     score_points: Integer = Field(300, ge=10, le=100_000, description="points in the score-over-time strip")
     max_image_px: Integer = Field(640, ge=64, le=8192, description="longest side of the images sent to the browser")
     feedback_path: Path = Field(Path("state/feedback"), description="feedback set (MVTec layout test/good, test/defect)")
+    shift_starts: list[str] = Field(default_factory=list, max_length=24,
+                                    description='local times "HH:MM" at which the page\'s counters and yield start over; empty = since the daemon started')
+
+    @field_validator("shift_starts")
+    @classmethod
+    def _clock_times(cls, v: list[str]):
+        for t in v:
+            h, _, m = t.partition(":")
+            if not (len(t) == 5 and h.isdigit() and m.isdigit() and int(h) < 24 and int(m) < 60):
+                raise ValueError(f'shift start {t!r} is not a time "HH:MM" (00:00 to 23:59)')
+        return sorted(set(v))
 
 
 class LoggingConfig(_Section):

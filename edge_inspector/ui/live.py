@@ -145,7 +145,9 @@ class LiveView(PipelineObserver):
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.started_at = clock()
-        self.counts = {"OK": 0, "NG": 0, "ERROR": 0}
+        self.counts = {"OK": 0, "NG": 0, "ERROR": 0}  # this shift's (ui.shift_starts)
+        self.shift_start = self.started_at
+        self._next_shift = next_shift_start(self._cfg.shift_starts, self.started_at)
         self.frames = {"shown": 0, "dropped": 0}
         self.threshold: Optional[float] = None
         self.model: Optional[dict] = None
@@ -184,6 +186,7 @@ class LiveView(PipelineObserver):
             self.gallery = deque(self.gallery, maxlen=new.gallery_size)
             self.recent = deque(self.recent, maxlen=new.recent_size)
             self.strip = deque(self.strip, maxlen=new.score_points)
+            self._next_shift = next_shift_start(new.shift_starts, self._clock())
         self.roi = cfg.preprocess.roi
         return "ui: applied"
 
@@ -195,12 +198,17 @@ class LiveView(PipelineObserver):
     def on_verdict(self, verdict: Any, frame: Any, anomaly_map: Optional[np.ndarray]) -> None:
         kind = str(getattr(verdict, "verdict", "ERROR"))
         score = getattr(verdict, "score", None)
+        ts = getattr(verdict, "ts_wall", None) or self._clock()
         with self._lock:
+            if self._next_shift is not None and ts >= self._next_shift:  # a new shift: counters start over
+                self.shift_start = self._next_shift
+                self._next_shift = next_shift_start(self._cfg.shift_starts, ts)
+                self.counts = {"OK": 0, "NG": 0, "ERROR": 0}
             self.counts[kind] = self.counts.get(kind, 0) + 1
             if getattr(verdict, "threshold", None) is not None:
                 self.threshold = verdict.threshold
             if score is not None:
-                self.strip.append((getattr(verdict, "ts_wall", None) or self._clock(), float(score), kind))
+                self.strip.append((ts, float(score), kind))
         job = _Job(verdict, getattr(frame, "image", None), anomaly_map,
                    (getattr(frame, "meta", None) or {}).get("geometry") or self.roi)
         try:
@@ -285,7 +293,7 @@ class LiveView(PipelineObserver):
         inspected = counts.get("OK", 0) + counts.get("NG", 0)
         return {
             "station": self.station,
-            "since": self.started_at,
+            "since": self.shift_start,
             "counts": counts,
             "yield": round(counts.get("OK", 0) / inspected, 4) if inspected else None,
             "threshold": _finite(threshold),
@@ -307,6 +315,21 @@ class LiveView(PipelineObserver):
                 if card.id == card_id:
                     return card
         return None
+
+
+def next_shift_start(starts: list[str], now: float) -> Optional[float]:
+    """Epoch seconds of the first "HH:MM" (local time) after ``now``, or None without shifts."""
+    if not starts:
+        return None
+    from datetime import datetime, timedelta
+
+    here = datetime.fromtimestamp(now).astimezone()
+    candidates = []
+    for t in starts:
+        h, m = (int(x) for x in t.split(":"))
+        at = here.replace(hour=h, minute=m, second=0, microsecond=0)
+        candidates.append(at if at > here else at + timedelta(days=1))
+    return min(candidates).timestamp()
 
 
 def _scaled_geometry(geometry: Any, scale: float):

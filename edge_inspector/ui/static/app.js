@@ -95,6 +95,7 @@
     $("count-ng").textContent = s.counts.NG || 0;
     $("count-error").textContent = s.counts.ERROR || 0;
     $("yield").textContent = s.yield === null ? "–" : (100 * s.yield).toFixed(1) + " %";
+    $("since").textContent = new Date(s.since * 1000).toLocaleTimeString();
     $("model").textContent = s.model ? s.model.name : "–";
     const d = s.drift || { status: "off" };
     const badge = $("drift");
