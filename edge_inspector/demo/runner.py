@@ -587,7 +587,7 @@ def print_summary(s: dict, workdir: Path, kept: bool) -> None:
     _say(f"false alarms    : {s['false_alarms']}/{s['good']} good parts flagged NG")
     if s.get("page"):
         _say(f"operator page   : {s['page']['url']} showed {s['page']['parts_shown']} part(s) as they passed "
-              "(it ends with the daemon; keep it with --workdir DIR and `edge-inspector run --config DIR/station.yaml`)")
+              "(the page ends with the daemon)")
     if s.get("station_status"):
         _say(f"station status  : {' -> '.join(s['station_status'])} (retained P/status, as the MES saw it)")
     if s["errors"]:
