@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--holdout", type=float, default=0.15, help="fraction of train/good held out for calibration")
     t.add_argument("--validation", default=None, help="optional labelled folder (MVTec layout) for the F1-optimal threshold")
     t.add_argument("--lighting", choices=["none", "clahe", "match_train", "match_hist"], default="none")
+    t.add_argument("--extra-good", default=None, metavar="DIR",
+                   help="more good images to train on (never held out): a folder of images, or a feedback folder "
+                        "written by the operator page (its test/good)")
     t.add_argument("--no-export", action="store_true", help="skip writing model.onnx (torch checkpoint only)")
 
     e = sub.add_parser("evaluate", help="evaluate a model bundle on a labelled test set")

@@ -102,6 +102,15 @@ class CompositeObserver(PipelineObserver):
         self._each("on_model", name, sha256)
 
 
+def find_observer(supervisor: Any, kind: type) -> Any:
+    """The observer of type ``kind`` already registered with the supervisor (ops components
+    that build on another one find it here), or None."""
+    for observer in getattr(getattr(supervisor, "observer", None), "observers", ()):
+        if isinstance(observer, kind):
+            return observer
+    return None
+
+
 class PipelineControl(Protocol):
     """What operations may ask of a running pipeline (implemented by supervisor.Supervisor)."""
 

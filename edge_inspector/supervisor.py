@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from edge_inspector import faults, systemd
+from edge_inspector import drift, faults, systemd
 from edge_inspector.acquisition.trigger import SoftwareTrigger
 from edge_inspector.archive import store as archive_store
 from edge_inspector.config.loader import load_config
@@ -49,6 +49,7 @@ from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.publish import commands as remote_commands
 from edge_inspector.threads import restart_counts
+from edge_inspector.ui import live as ui_live
 
 log = get_logger("edge_inspector.supervisor")
 
@@ -65,6 +66,8 @@ AWAITING_ACK_LIMIT = 10_000
 OPS_BUILDERS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("watchdog", systemd.create_ops_component),  # None when not run by systemd
     ("metrics", health_metrics.create_ops_component),  # None when health.enabled is false
+    ("drift", drift.create_ops_component),
+    ("ui", ui_live.create_ops_component),  # before health, which mounts its routes; None when off
     ("health", health_server.create_ops_component),  # None when health.enabled is false
     ("archive", archive_store.create_ops_component),
     ("commands", remote_commands.create_ops_component),
@@ -648,8 +651,16 @@ class Supervisor:
         counters["verdicts_lost"] = self.pipeline.verdicts_lost
         counters["thread_restarts"] = sum(restart_counts().values())
         healthy, body = self.liveness()
+        sections: dict = {}
+        for component in self.ops:  # e.g. the drift monitor's ``drift`` section
+            section = getattr(component, "health_section", None)
+            if section is not None:
+                try:
+                    sections.update(section())
+                except Exception:  # noqa: BLE001 - one section must not cost the whole message
+                    log.exception("health_section_failed", component=type(component).__name__)
         try:
-            self.publisher.publish_health(counters, liveness={"healthy": healthy, **body})
+            self.publisher.publish_health(counters, liveness={"healthy": healthy, **body}, **sections)
         except Exception:  # noqa: BLE001 - health is best effort (QoS 0)
             log.exception("health_publish_failed")
 

@@ -26,6 +26,7 @@ _PATH_KEYS = (
     ("preprocess", "flat_field_reference"),
     ("mqtt", "password_file"),
     ("health", "token_file"),
+    ("ui", "feedback_path"),
     ("mqtt", "tls", "ca_file"),
     ("mqtt", "tls", "cert_file"),
     ("mqtt", "tls", "key_file"),

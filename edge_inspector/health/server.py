@@ -222,11 +222,13 @@ class HealthOps:
 def create_ops_component(supervisor: Any) -> Optional[HealthOps]:
     """Hook for Supervisor._build_ops (after health.metrics, whose registry it serves)."""
     from edge_inspector.health.metrics import find_metrics
+    from edge_inspector.ui.routes import create_routes as ui_routes
 
     metrics = find_metrics(supervisor)
     if metrics is None:
         return None  # health.enabled is false
     # Endpoints beside /metrics and /healthz, each built here by name.
     routes: list[Route] = []
+    routes += ui_routes(supervisor)  # the operator page (/ and /ui/...), when ui.enabled
     return HealthOps(metrics.registry, supervisor.cfg, supervisor.stage_heartbeats,
                      conditions=lambda: (supervisor.conditions(), supervisor.warnings()), routes=routes)
