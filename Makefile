@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv bench clean lint
+.PHONY: demo test venv bench clean lint screenshot
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/model_benchmark.py --json benchmarks/results/model.json
 	$(PY) benchmarks/pipeline_benchmark.py --json benchmarks/results/pipeline.json
+
+# README's picture of the operator page: the browser test (headless chromium) saves it.
+screenshot: $(STAMP)
+	EDGE_INSPECTOR_SCREENSHOT=docs/images/operator-page.png $(PY) -m pytest tests/test_ui_browser.py -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--holdout", type=float, default=0.15, help="fraction of train/good held out for calibration")
     t.add_argument("--validation", default=None, help="optional labelled folder (MVTec layout) for the F1-optimal threshold")
     t.add_argument("--lighting", choices=["none", "clahe", "match_train", "match_hist"], default="none")
+    t.add_argument("--extra-good", default=None, metavar="DIR",
+                   help="more good images to train on (never held out): a folder of images, or a feedback folder "
+                        "written by the operator page (its test/good)")
     t.add_argument("--no-export", action="store_true", help="skip writing model.onnx (torch checkpoint only)")
 
     e = sub.add_parser("evaluate", help="evaluate a model bundle on a labelled test set")
@@ -70,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--max-frames", type=int, default=None)
 
-    c = sub.add_parser("check-config", help="validate a station config and print the effective values")
+    c = sub.add_parser("check-config", help="validate a station config and what `run` needs (model, state paths, health port)")
     c.add_argument("file")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument("--schema-only", action="store_true", help="only the config's own rules (no model, paths or port)")
+    c.add_argument("--ignore-port", action="store_true", help="do not check that health.port is free (the station is running)")
 
     d = sub.add_parser("demo", help="synthetic parts → train → emulated camera → broker → verdicts")
     d.add_argument("--workdir", default=None, help="keep demo files here (default: a temp dir)")
@@ -90,11 +95,17 @@ def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from edge_inspector.logging import setup_logging
+    from edge_inspector.logging import native_output_to_log, quiet_native_env, setup_logging
 
     setup_logging(args.log_level)
+    daemon = args.command == "run"
+    if daemon:
+        quiet_native_env()  # before onnxruntime/OpenCV are imported: journal hygiene
     try:
-        return int(_resolve(_HANDLERS[args.command])(args) or 0)
+        # The journal (stderr not a terminal): native libraries' stderr becomes JSON log lines.
+        # Left before the one-line error below is printed (the CLI contract's plain line).
+        with native_output_to_log(enabled=daemon and not sys.stderr.isatty()):
+            return int(_resolve(_HANDLERS[args.command])(args) or 0)
     except InspectorError as exc:
         print(f"edge-inspector {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -68,6 +68,17 @@ def load_images(paths: list[Path], what: str = "images") -> tuple[list[Path], li
     return kept_paths, images
 
 
+def extra_good_paths(folder: str | Path) -> list[Path]:
+    """``train --extra-good DIR``: the images in DIR, or in DIR/test/good for a feedback folder
+    (the operator page's layout, which is also an MVTec test set)."""
+    root = Path(folder)
+    _require_dir(root, "--extra-good")
+    files = list_images(root) or list_images(root / "test" / "good")
+    if not files:
+        raise DatasetError(f"{root}: --extra-good has no images (png, jpg, bmp, tif) in it or in its test/good")
+    return files
+
+
 def load_train_good(data_dir: str | Path) -> tuple[list[Path], list[np.ndarray]]:
     return load_images(train_good_paths(data_dir), "training images")
 

@@ -34,7 +34,11 @@ class PipelineObserver:
         by the publish stage first: a payload names only a file that was written."""
         return None
 
-    def on_published(self, seq: int, verdict: Any) -> None: ...
+    def on_published(self, seq: int, verdict: Any) -> None:
+        """The broker acknowledged (PUBACK) a result of this run."""
+
+    def on_replayed(self, seq: int) -> None:
+        """The broker acknowledged a result an earlier run left in the outbox."""
 
     def on_state(self, component: str, state: str, detail: str = "") -> None:
         """camera / mqtt / model / pipeline state changes (e.g. camera 'reconnecting')."""
@@ -85,6 +89,9 @@ class CompositeObserver(PipelineObserver):
     def on_published(self, seq, verdict):
         self._each("on_published", seq, verdict)
 
+    def on_replayed(self, seq):
+        self._each("on_replayed", seq)
+
     def on_state(self, component, state, detail=""):
         self._each("on_state", component, state, detail)
 
@@ -93,6 +100,15 @@ class CompositeObserver(PipelineObserver):
 
     def on_model(self, name, sha256):
         self._each("on_model", name, sha256)
+
+
+def find_observer(supervisor: Any, kind: type) -> Any:
+    """The observer of type ``kind`` already registered with the supervisor (ops components
+    that build on another one find it here), or None."""
+    for observer in getattr(getattr(supervisor, "observer", None), "observers", ()):
+        if isinstance(observer, kind):
+            return observer
+    return None
 
 
 class PipelineControl(Protocol):

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from edge_inspector import faults, systemd
+from edge_inspector import drift, faults, systemd
 from edge_inspector.acquisition.parts import PartQueue, PartTag
 from edge_inspector.acquisition.trigger import SoftwareTrigger
 from edge_inspector.archive import store as archive_store
@@ -43,15 +43,17 @@ from edge_inspector.health import metrics as health_metrics
 from edge_inspector.health import server as health_server
 from edge_inspector.health.liveness import assess
 from edge_inspector.inference.bundle import ModelBundle, load_bundle
-from edge_inspector.logging import get_logger, setup_logging
+from edge_inspector.logging import bind_station, get_logger, quiet_native_libraries, setup_logging
 from edge_inspector.observer import CompositeObserver, PipelineObserver
 from edge_inspector.pipeline.recipes import Recipes, UnknownProduct, product_config
+from edge_inspector.preflight import require_unit_view
 from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, build_runtime, open_engine
 from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.publish import commands as remote_commands
 from edge_inspector.publish.payload import format_ts
 from edge_inspector.threads import restart_counts
+from edge_inspector.ui import live as ui_live
 
 log = get_logger("edge_inspector.supervisor")
 
@@ -68,6 +70,8 @@ AWAITING_ACK_LIMIT = 10_000
 OPS_BUILDERS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("watchdog", systemd.create_ops_component),  # None when not run by systemd
     ("metrics", health_metrics.create_ops_component),  # None when health.enabled is false
+    ("drift", drift.create_ops_component),
+    ("ui", ui_live.create_ops_component),  # before health, which mounts its routes; None when off
     ("health", health_server.create_ops_component),  # None when health.enabled is false
     ("archive", archive_store.create_ops_component),
     ("commands", remote_commands.create_ops_component),
@@ -140,6 +144,7 @@ class Supervisor:
         self._publisher_lock = threading.RLock()  # publish stage vs. publisher replacement on reload
         self._awaiting_ack: dict[int, Verdict] = {}  # seq -> verdict until its PUBACK (insertion-ordered)
         self._awaiting_ack_lock = threading.Lock()
+        self._seq_at_start: Optional[int] = None
         self._reload_lock = threading.Lock()
         self._model_request = 0  # newest background model load; older ones must not swap in
         self._stop_requested = threading.Event()
@@ -155,6 +160,7 @@ class Supervisor:
     # ================================================================ start / run / stop
     def start(self) -> None:
         cfg = self.cfg
+        require_unit_view(cfg)  # a state path the unit cannot write: say so now, not "Read-only file system" later
         default = cfg.recipes.default
         first_cfg = cfg if default is None else product_config(cfg, default)
         bundle = load_bundle(first_cfg.model.path)
@@ -164,6 +170,8 @@ class Supervisor:
             self._set_state("starting", "publisher")
             self.publisher = self._publisher_factory(cfg, {"name": bundle.name, "sha256": bundle.sha256}, self._on_mqtt_state,
                                                      on_acked=self._on_acked)
+            outbox = getattr(self.publisher, "outbox", None)
+            self._seq_at_start = getattr(outbox, "last_seq", None)  # rows up to here are an earlier run's
             self.publisher.start()
             self._set_state("starting", f"loading model {bundle.name}")
             if default is None:
@@ -354,11 +362,16 @@ class Supervisor:
         return seq
 
     def _on_acked(self, seq: int) -> None:
-        """PUBACK for ``seq`` (publisher worker thread). The verdict is None for results replayed
-        from a previous run, or evicted from memory during a long outage."""
+        """PUBACK for ``seq`` (publisher worker thread). Results an earlier run left in the
+        outbox (seq at or below the outbox's last seq when this run opened it) are replays, not
+        frames of this run. The verdict is None for those, or for this run's results evicted
+        from memory during a long outage."""
         with self._awaiting_ack_lock:
             verdict = self._awaiting_ack.pop(seq, None)
-        self.observer.on_published(seq, verdict)
+        if self._seq_at_start is not None and seq <= self._seq_at_start:
+            self.observer.on_replayed(seq)
+        else:
+            self.observer.on_published(seq, verdict)
 
     def _on_camera_state(self, state: str, detail: str = "") -> None:
         changed = state != self._camera_state
@@ -734,8 +747,16 @@ class Supervisor:
         counters["verdicts_lost"] = self.pipeline.verdicts_lost
         counters["thread_restarts"] = sum(restart_counts().values())
         healthy, body = self.liveness()
+        sections: dict = {}
+        for component in self.ops:  # e.g. the drift monitor's ``drift`` section
+            section = getattr(component, "health_section", None)
+            if section is not None:
+                try:
+                    sections.update(section())
+                except Exception:  # noqa: BLE001 - one section must not cost the whole message
+                    log.exception("health_section_failed", component=type(component).__name__)
         try:
-            self.publisher.publish_health(counters, liveness={"healthy": healthy, **body})
+            self.publisher.publish_health(counters, liveness={"healthy": healthy, **body}, **sections)
         except Exception:  # noqa: BLE001 - health is best effort (QoS 0)
             log.exception("health_publish_failed")
 
@@ -793,7 +814,9 @@ def _quietly(fn: Optional[Callable[[], Any]]) -> None:
 def cli_run(args: argparse.Namespace) -> int:
     """``edge-inspector run --config FILE [--set k=v ...] [--max-frames N]``."""
     cfg = load_config(args.config, args.overrides)
+    bind_station(cfg.station.line, cfg.station.name)
     setup_logging(cfg.logging.level, cfg.logging.json_logs)
+    quiet_native_libraries(cfg.logging.level)
     supervisor = Supervisor(cfg, config_path=args.config, overrides=args.overrides, max_frames=args.max_frames)
     _install_signal_handlers(supervisor)
     supervisor.start()

@@ -166,3 +166,27 @@ def test_heatmap_covers_only_the_roi():
     assert (overlay[20:80, 50:150] != 127).any(axis=2).all()  # inside: coloured
     # an ROI that runs past the frame is clipped as Preprocessor._crop does
     assert render_overlay(image, heat, 0.5, [], geometry=(150, 50, 500, 500)).shape == (100, 200, 3)
+
+
+def test_evictions_are_logged_as_a_rate_limited_summary(make_store, capsys):
+    """A full archive evicts on every write: one INFO line each flooded the journal (319 of 361
+    lines). Now one summary per interval, and the last one at stop; the counter has every eviction."""
+    import json
+
+    from edge_inspector.logging import setup_logging
+
+    setup_logging("INFO", json_logs=True)
+    capsys.readouterr()
+    store = make_store(max_mb=0.3, save_heatmap=False)
+    for i in range(8):
+        f = _frame(i, size=(200, 300))  # ~180 kB each: from the second write on, every write evicts
+        store.on_verdict(_verdict(f), f, None)
+        assert store.flush()
+    store.stop()
+    evicted = store.stats()["evicted_quota"]
+    assert evicted >= 6
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    summaries = [line for line in lines if line["event"] == "archive_evicted"]
+    assert len(summaries) == 2, summaries  # the first at once, the rest in the summary at stop
+    assert sum(s["removed"] for s in summaries) == evicted
+    assert summaries[-1]["by_reason"] == {"evicted_quota": evicted - summaries[0]["removed"]}

@@ -260,6 +260,22 @@ def test_demo_runner_with_tiny_model(tmp_path, monkeypatch, capsys):
     assert out.count("seq=") == 3
 
 
+def test_demo_prints_the_operator_page_which_shows_the_parts_as_they_pass(tmp_path, monkeypatch, capsys):
+    if not (mosquitto_binary() or amqtt_available()):
+        pytest.skip("no broker available")
+    from edge_inspector.demo.runner import print_summary, run_demo
+
+    _tiny_train(monkeypatch)
+    s = run_demo(tmp_path / "demo", parts=10, camera="folder", n_train=2, image_px=96, daemon_timeout_s=60)
+    print_summary(s, tmp_path / "demo", kept=True)
+    out = capsys.readouterr().out
+    url = s["page"]["url"]
+    assert f"operator page: {url}" in out and url.startswith("http://127.0.0.1:")
+    # the demo itself polled the page while the parts passed (as a browser would)
+    assert 1 <= s["page"]["parts_shown"] <= 10
+    assert f"operator page   : {url} showed {s['page']['parts_shown']} part(s)" in out
+
+
 def test_demo_reports_a_failing_daemon_in_one_line(tmp_path, monkeypatch, capsys):
     if not (mosquitto_binary() or amqtt_available()):
         pytest.skip("no broker available")

@@ -97,7 +97,7 @@ def test_example_defaults_note_matches_schema():
     # values the example deliberately sets away from the default
     chosen = {
         "camera.type", "camera.trigger.mode", "camera.exposure_us", "camera.pixel_format",
-        "model.path", "outbox.path", "archive.path",
+        "model.path", "outbox.path", "archive.path", "ui.feedback_path",
     }
     diffs = []
     for key in schema_keys():

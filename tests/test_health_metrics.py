@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from edge_inspector.errors import ConfigError
 from edge_inspector.health.metrics import MetricsObserver
 from edge_inspector.health.server import HealthServer
 from edge_inspector.observer import CompositeObserver
@@ -57,14 +58,17 @@ def test_counters_move_with_the_pipeline(served):
     observer = CompositeObserver(metrics)  # the way the supervisor calls it
     _, before = _get(server.url + "/metrics")
     assert _value(before, "edge_inspector_verdicts_total", verdict="NG") == 0
+    assert _value(before, "edge_inspector_broker_connected") == 0  # from the start: the alert can fire
 
     for i in range(5):
         observer.on_frame(object())
         observer.on_stage_latency("inference", 0.012)
         observer.on_verdict(_verdict("NG" if i % 2 else "OK", i), None, None)
         observer.on_published(i + 1, None)
+    observer.on_replayed(99)  # an earlier run's result: not a frame of this run
     observer.on_drop("acquisition", "queue_full")
-    observer.on_queue_depth("inference", 3)
+    depths = {"frames": 1, "inference": 3}
+    metrics.watch_queues(lambda: depths)
     observer.on_outbox_depth(42)
     observer.on_state("mqtt", "connected")
     observer.on_state("mqtt", "disconnected", "broker gone")
@@ -83,7 +87,12 @@ def test_counters_move_with_the_pipeline(served):
     assert _value(text, "edge_inspector_stage_latency_seconds_count", stage="inference") == 5
     assert _value(text, "edge_inspector_stage_latency_seconds_bucket", stage="inference", le="0.02") == 5
     assert _value(text, "edge_inspector_stage_latency_seconds_bucket", stage="inference", le="0.01") == 0
+    assert _value(text, "edge_inspector_results_replayed_total") == 1
     assert _value(text, "edge_inspector_queue_depth", queue="inference") == 3
+    depths.update(frames=0, inference=0)  # read at scrape time: never stuck at the last put()
+    _, again = _get(server.url + "/metrics")
+    assert _value(again, "edge_inspector_queue_depth", queue="frames") == 0
+    assert _value(again, "edge_inspector_broker_connected") == 0  # connected, then disconnected
     assert _value(text, "edge_inspector_outbox_depth") == 42
     assert _value(text, "edge_inspector_component_state", component="mqtt", state="disconnected") == 1
     assert _value(text, "edge_inspector_component_state", component="mqtt", state="connected") == 0
@@ -132,7 +141,7 @@ def test_binds_localhost_by_default():
     assert HealthConfig().host == "127.0.0.1"
 
 
-def test_port_in_use_does_not_stop_the_daemon_and_reload_rebinds(tmp_path):
+def test_port_in_use_is_a_start_error_and_reload_rebinds(tmp_path):
     import socket
 
     from edge_inspector.config.models import Config
@@ -146,7 +155,9 @@ def test_port_in_use_does_not_stop_the_daemon_and_reload_rebinds(tmp_path):
     metrics, control = MetricsObserver(), FakeControl()
     ops = HealthOps(metrics.registry, Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": taken}}), control.stage_heartbeats)
     try:
-        ops.start()  # logs health_not_started; inspection goes on
+        # A station nobody can scrape must not say READY: exit 2 with the port in the message.
+        with pytest.raises(ConfigError, match=rf"health.port={taken} on health.host=127.0.0.1: already in use"):
+            ops.start()
         assert ops.server is None
         new_port = free_port()
         note = ops.apply_config(Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": new_port}}))

@@ -43,6 +43,10 @@ def test_unit_declares_the_contract():
         "Type=notify",
         "NotifyAccess=main",
         "Restart=always",
+        # a station that cannot start says why and stops, instead of restarting every 5 s forever
+        "RestartPreventExitStatus=2",
+        "StartLimitBurst=5",
+        "Environment=EDGE_INSPECTOR_INSTANCE=%i",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "StateDirectory=edge-inspector/%i",
         "ConfigurationDirectory=edge-inspector",
@@ -54,6 +58,7 @@ def test_unit_declares_the_contract():
     ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), f"missing: {line}"
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    assert re.search(r"^StartLimitIntervalSec=[1-9]\d*$", text, re.M), "0 disables the start limit: a crash loop forever"
     assert re.search(r"^User=\S+", text, re.M)
     assert "PrivateDevices=yes" not in text  # it would hide the GPU and the cameras
 

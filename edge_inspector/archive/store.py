@@ -53,6 +53,7 @@ HEATMAP_SUFFIX = ".heatmap.png"
 _DAY_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _IDLE_SWEEP_S = 60.0
+EVICTION_LOG_INTERVAL_S = 60.0  # at most one archive_evicted summary line per minute
 _TMP_SUFFIX = ".tmp"
 # Longest the publish stage waits for a frame's archive write before publishing the result
 # without the reference (typically one PNG encode, tens of ms, and only for archived frames).
@@ -131,6 +132,9 @@ class ArchiveStore(PipelineObserver):
         self._ok_seen = 0
         self._thread: Optional[threading.Thread] = None
         self._last_skip_log = 0.0
+        self._evicted_unlogged: dict[str, int] = {}  # since the last archive_evicted summary
+        self._evicted_unlogged_last = ""
+        self._last_evict_log = 0.0
         self.disk_full: Optional[str] = None  # one-line reason while archive writes fail for lack of space
         self.counters = {
             "saved": 0,
@@ -163,6 +167,7 @@ class ArchiveStore(PipelineObserver):
             log.warning("archive_not_drained", detail="queued frames are lost", queued=self._queue.qsize())
         self._thread.join(timeout)
         self._thread = None
+        self._report_evictions([], flush=True)  # the last summary is not lost at shutdown
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued frame is written (tests, shutdown). True when drained."""
@@ -367,7 +372,26 @@ class ArchiveStore(PipelineObserver):
         for entry, reason in victims:
             self._remove(entry)
         if victims:
-            log.info("archive_evicted", removed=len(victims), oldest_removed=victims[0][0].ref)
+            self._report_evictions(victims)
+
+    def _report_evictions(self, victims: list[tuple["_Entry", str]], flush: bool = False) -> None:
+        """One ``archive_evicted`` summary per EVICTION_LOG_INTERVAL_S, not one line per write:
+        a full archive evicts on every saved frame (319 of 361 journal lines in one run). The
+        exact numbers are in ``edge_inspector_archive_frames_total{kind=~"evicted_.*"}``."""
+        with self._lock:
+            for entry, reason in victims:
+                self._evicted_unlogged[reason] = self._evicted_unlogged.get(reason, 0) + 1
+                self._evicted_unlogged_last = entry.ref
+            now = time.monotonic()
+            due = self._evicted_unlogged and (flush or now - self._last_evict_log >= EVICTION_LOG_INTERVAL_S)
+            if not due:
+                return
+            summary, last = dict(self._evicted_unlogged), self._evicted_unlogged_last
+            since = None if self._last_evict_log == 0.0 else round(now - self._last_evict_log, 1)
+            self._evicted_unlogged.clear()
+            self._last_evict_log = now
+        log.info("archive_evicted", removed=sum(summary.values()), by_reason=summary, newest_removed=last,
+                 since_last_summary_s=since, files=len(self._index), mb=round(self._bytes / 1048576, 1))
 
     def _remove(self, entry: _Entry) -> None:
         image = self.root / entry.ref
@@ -497,6 +521,8 @@ def create_ops_component(supervisor: Any) -> ArchiveStore:
     if metrics is not None:
         metrics.watch_counters("archive_frames", "NG archive activity (saved, skipped, evicted, write errors)",
                                lambda: {k: v for k, v in store.stats().items() if k in store.counters})
-        metrics.watch_gauges("archive_usage", "NG archive content now (files, bytes, queued)",
-                               lambda: {k: v for k, v in store.stats().items() if k in ("files", "bytes", "queued")})
+        # One unit per metric (Prometheus naming): bytes, files and queued frames are three gauges.
+        metrics.watch_value("archive_size_bytes", "Bytes the NG archive holds now", lambda: store.stats()["bytes"])
+        metrics.watch_value("archive_files", "Frames the NG archive holds now", lambda: store.stats()["files"])
+        metrics.watch_value("archive_queue_depth", "Frames waiting for the archive writer", lambda: store.stats()["queued"])
     return store

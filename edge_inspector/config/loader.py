@@ -15,17 +15,18 @@ from pydantic import ValidationError
 from edge_inspector.config.models import Config
 from edge_inspector.config.numbers import error_text
 from edge_inspector.errors import ConfigError
+from edge_inspector.instance import apply_instance_defaults
 
-# Keys whose relative paths are resolved against the config file's folder, so that a station
-# config works the same whatever the daemon's working directory is (systemd starts it in /).
+# Input files whose relative paths are resolved against the config file's folder, so that a
+# station config works the same whatever the daemon's working directory is. State paths (outbox,
+# archive) follow instance.py's rule instead: the unit's state directory when systemd runs it.
 _PATH_KEYS = (
     ("camera", "path"),
     ("model", "path"),
-    ("outbox", "path"),
-    ("archive", "path"),
     ("preprocess", "flat_field_reference"),
     ("mqtt", "password_file"),
     ("health", "token_file"),
+    ("ui", "feedback_path"),
     ("mqtt", "tls", "ca_file"),
     ("mqtt", "tls", "cert_file"),
     ("mqtt", "tls", "key_file"),
@@ -229,6 +230,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     overrides = list(overrides)
     apply_overrides(data, overrides)
     _resolve_paths(data, base)
+    apply_instance_defaults(data, base)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

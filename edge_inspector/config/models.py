@@ -280,6 +280,39 @@ class RecipesConfig(_Section):
         return self
 
 
+class DriftConfig(_Section):
+    """Drift monitor (edge_inspector/drift.py): recent scores and image statistics against the
+    model bundle's calibration set, as a population stability index (PSI)."""
+
+    enabled: bool = True
+    window: Integer = Field(500, ge=20, le=100_000, description="recent inspected frames compared with the calibration set")
+    min_samples: Integer = Field(200, ge=10, le=100_000,
+                                 description="frames needed in the window before a PSI is reported (capped at window)")
+    alert_psi: FiniteFloat = Field(0.25, gt=0, le=100, description="PSI at or above this on any signal raises the drift alert")
+
+
+class UiConfig(_Section):
+    """Operator page on the health server (edge_inspector/ui/): needs health.enabled."""
+
+    enabled: bool = True
+    gallery_size: Integer = Field(24, ge=1, le=500, description="recent NG parts kept in memory for the gallery")
+    recent_size: Integer = Field(8, ge=1, le=500, description="recent parts of any verdict kept for feedback")
+    score_points: Integer = Field(300, ge=10, le=100_000, description="points in the score-over-time strip")
+    max_image_px: Integer = Field(640, ge=64, le=8192, description="longest side of the images sent to the browser")
+    feedback_path: Path = Field(Path("state/feedback"), description="feedback set (MVTec layout test/good, test/defect)")
+    shift_starts: list[str] = Field(default_factory=list, max_length=24,
+                                    description='local times "HH:MM" at which the page\'s counters and yield start over; empty = since the daemon started')
+
+    @field_validator("shift_starts")
+    @classmethod
+    def _clock_times(cls, v: list[str]):
+        for t in v:
+            h, _, m = t.partition(":")
+            if not (len(t) == 5 and h.isdigit() and m.isdigit() and int(h) < 24 and int(m) < 60):
+                raise ValueError(f'shift start {t!r} is not a time "HH:MM" (00:00 to 23:59)')
+        return sorted(set(v))
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: Optional[bool] = Field(None, description="default: JSON unless stderr is a terminal")
@@ -296,6 +329,8 @@ class Config(_Section):
     outbox: OutboxConfig = OutboxConfig()
     archive: ArchiveConfig = ArchiveConfig()
     health: HealthConfig = HealthConfig()
+    drift: DriftConfig = DriftConfig()
+    ui: UiConfig = UiConfig()
     logging: LoggingConfig = LoggingConfig()
     recipes: RecipesConfig = Field(default_factory=RecipesConfig, description="products of this station and their model bundles")
 

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import yaml
 
-from edge_inspector.demo.broker import EmbeddedBroker, start_broker
+from edge_inspector.demo.broker import EmbeddedBroker, free_port, start_broker
 from edge_inspector.demo.synthetic import generate_dataset, split_test_counts
 from edge_inspector.errors import InspectorError
 
@@ -82,6 +82,7 @@ class Frame:
 class Outcome:
     results: list = field(default_factory=list)  # Received, in seq order, deduplicated
     status: list = field(default_factory=list)
+    page_shown: int = 0  # parts the operator page counted while they passed
 
 
 # ---------------------------------------------------------------------------------------- steps
@@ -168,9 +169,11 @@ def _train(data_dir: Path, model_dir: Path, model_px: int = MODEL_PX) -> Path:
 
 
 def station_config(
-    workdir: Path, camera: str, line_dir: Path, model_dir: Path, broker: EmbeddedBroker, n_frames: int
+    workdir: Path, camera: str, line_dir: Path, model_dir: Path, broker: EmbeddedBroker, n_frames: int,
+    page_port: Optional[int] = None,
 ) -> dict:
-    """The station YAML the demo runs (written to WORKDIR/station.yaml; a real one: config/station.example.yaml)."""
+    """The station YAML the demo runs (written to WORKDIR/station.yaml; a real one: config/station.example.yaml).
+    ``page_port``: serve /metrics, /healthz and the operator page on 127.0.0.1 at that port."""
     cam: dict[str, Any] = {"type": camera, "path": str(line_dir), "fps": FPS, "loop": False}
     if camera == "pylon":
         cam["trigger"] = {"mode": PYLON_TRIGGER}
@@ -189,7 +192,8 @@ def station_config(
         },
         "outbox": {"path": str(workdir / "state" / "outbox.sqlite")},
         "archive": {"enabled": True, "path": str(workdir / "state" / "archive")},
-        "health": {"enabled": False},
+        "health": {"enabled": page_port is not None, "host": "127.0.0.1", "port": int(page_port or 0)},
+        "ui": {"feedback_path": str(workdir / "state" / "feedback")},
         "logging": {"level": "WARNING", "json_logs": True},
     }
 
@@ -448,7 +452,9 @@ def run_demo(
     out = Outcome()
     try:
         _say(f"[4/5] MQTT broker: {broker.describe()}")
-        cfg = station_config(workdir, cam, line_dir, model_dir, broker, len(frames))
+        page_port = free_port()
+        page_url = f"http://127.0.0.1:{page_port}/"
+        cfg = station_config(workdir, cam, line_dir, model_dir, broker, len(frames), page_port=page_port)
         cfg_path = workdir / "station.yaml"
         cfg_path.write_text("# written by `edge-inspector demo`; see config/station.example.yaml for every key\n" + yaml.safe_dump(cfg, sort_keys=False))
         _check_config(cfg_path)
@@ -459,6 +465,7 @@ def run_demo(
             env["PYLON_CAMEMU"] = "1"
         cmd = _daemon_command(cfg_path, len(frames))
         _say(f"[5/5] daemon: {' '.join(['edge-inspector'] + cmd[3:])}   (log: {log_path})")
+        _say(f"      operator page: {page_url}  (live while the parts pass; read-only: no token configured)")
         _say(f"      MES view of {topic_base}/result:")
         t = time.monotonic()
         with open(log_path, "wb") as log_file:
@@ -468,8 +475,12 @@ def run_demo(
             daemon_timeout_s = 90.0 + 3.0 * len(frames) / FPS
         deadline = time.monotonic() + daemon_timeout_s
         exited_at: Optional[float] = None
+        next_look = 0.0
         while True:
             _drain(sub, out, seen, frames)
+            if time.monotonic() >= next_look:  # what an operator's browser would show now
+                next_look = time.monotonic() + 0.2
+                out.page_shown = max(out.page_shown, _page_parts(page_url))
             if len(out.results) >= len(frames) and proc.poll() is not None:
                 break
             if proc.poll() is not None:
@@ -506,6 +517,7 @@ def run_demo(
         if not states or states[-1] != state:
             states.append(state)
     summary["station_status"] = states
+    summary["page"] = {"url": page_url, "parts_shown": out.page_shown}
     summary.update(camera=cam, broker=broker.kind, timings=timings, total_s=time.monotonic() - t0, daemon_rc=proc.returncode if proc else None)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -537,6 +549,18 @@ def _drain(sub: MesSubscriber, out: Outcome, seen: set, frames: list[Frame]) -> 
         _say("      " + format_result(rec.payload, _frame_for(rec.payload, frames, len(out.results) - 1)))
 
 
+def _page_parts(url: str) -> int:
+    """Parts the operator page has counted so far (0 while it is not up yet)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "ui/api/state", timeout=0.5) as resp:
+            counts = json.loads(resp.read())["stats"]["counts"]
+        return int(sum(counts.values()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _stop(proc: subprocess.Popen, grace: float) -> None:
     if proc.poll() is not None:
         return
@@ -563,6 +587,9 @@ def print_summary(s: dict, workdir: Path, kept: bool) -> None:
     _say(f"NG caught       : {s['caught']}/{s['defective']} defective parts flagged NG ({', '.join(frac(k) for k in kinds)}); "
          f"{s['located']} with a defect box on the true defect")
     _say(f"false alarms    : {s['false_alarms']}/{s['good']} good parts flagged NG")
+    if s.get("page"):
+        _say(f"operator page   : {s['page']['url']} showed {s['page']['parts_shown']} part(s) as they passed "
+              "(the page ends with the daemon)")
     if s.get("station_status"):
         _say(f"station status  : {' -> '.join(s['station_status'])} (retained P/status, as the MES saw it)")
     if s["errors"]:

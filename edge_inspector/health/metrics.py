@@ -32,13 +32,14 @@ class MetricsObserver(PipelineObserver):
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.frames_in = Counter(f"{NAMESPACE}_frames_in", "Frames accepted from the camera", registry=r)
-        self.frames_out = Counter(f"{NAMESPACE}_frames_out", "Results published (PUBACKed or handed to the outbox)", registry=r)
+        self.frames_out = Counter(f"{NAMESPACE}_frames_out", "Results of this run acknowledged by the broker (PUBACK)", registry=r)
+        self.results_replayed = Counter(
+            f"{NAMESPACE}_results_replayed", "Results left in the outbox by an earlier run, acknowledged by the broker now", registry=r)
         self.verdicts = Counter(f"{NAMESPACE}_verdicts", "Final verdicts by kind", ["verdict"], registry=r)
         self.drops = Counter(f"{NAMESPACE}_drops", "Free-run frames dropped because a queue was full", ["stage", "reason"], registry=r)
         self.stage_latency = Histogram(
             f"{NAMESPACE}_stage_latency_seconds", "Time one frame spent in a stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge(f"{NAMESPACE}_queue_depth", "Items waiting in a pipeline queue", ["queue"], registry=r)
         self.outbox_depth = Gauge(f"{NAMESPACE}_outbox_depth", "Results waiting in the outbox for PUBACK", registry=r)
         self.component_state = Gauge(
             f"{NAMESPACE}_component_state",
@@ -46,6 +47,8 @@ class MetricsObserver(PipelineObserver):
             ["component", "state"],
             registry=r,
         )
+        # Exists from the start (0 until the first CONNACK): "broker down" alerts need a series.
+        self.broker_connected = Gauge(f"{NAMESPACE}_broker_connected", "1 while the MQTT link is up", registry=r)
         self.state_changes = Counter(f"{NAMESPACE}_state_changes", "State transitions per component", ["component"], registry=r)
         self.model = Info(f"{NAMESPACE}_model", "Model bundle in service", registry=r)
         self.model_swaps = Counter(f"{NAMESPACE}_model_loads", "Model bundles put in service (start and hot swaps)", registry=r)
@@ -74,7 +77,8 @@ class MetricsObserver(PipelineObserver):
         self.stage_latency.labels(stage).observe(seconds)
 
     def on_queue_depth(self, queue: str, depth: int) -> None:
-        self.queue_depth.labels(queue).set(depth)
+        """Not used: a depth pushed on put() goes stale at the next get(); ``watch_queues``
+        reads every queue at scrape time instead."""
 
     def on_verdict(self, verdict: Any, frame: Any, anomaly_map: Any) -> None:
         self.verdicts.labels(str(getattr(verdict, "verdict", "ERROR"))).inc()
@@ -89,6 +93,9 @@ class MetricsObserver(PipelineObserver):
     def on_published(self, seq: int, verdict: Any) -> None:
         self.frames_out.inc()
 
+    def on_replayed(self, seq: int) -> None:
+        self.results_replayed.inc()
+
     def on_state(self, component: str, state: str, detail: str = "") -> None:
         with self._state_lock:
             previous = self._states.get(component)
@@ -98,6 +105,8 @@ class MetricsObserver(PipelineObserver):
                 self.component_state.labels(component, previous).set(0)
             self.component_state.labels(component, state).set(1)
             self._states[component] = state
+            if component == "mqtt":
+                self.broker_connected.set(1 if state == "connected" else 0)
         self.state_changes.labels(component).inc()
 
     def on_outbox_depth(self, depth: int) -> None:
@@ -121,6 +130,14 @@ class MetricsObserver(PipelineObserver):
         """Export a callable's ``{label_value: count}`` as one counter family (e.g. archive stats)."""
         self.registry.register(_CallableCollector(CounterMetricFamily, f"{NAMESPACE}_{name}", documentation, read, label))
 
+    def watch_queues(self, depths: Callable[[], Mapping[str, float]]) -> None:
+        """``edge_inspector_queue_depth{queue}`` read at scrape time (e.g. Pipeline.queue_depths)."""
+        self.watch_gauges("queue_depth", "Items waiting in each pipeline queue now", depths, label="queue")
+
+    def watch_value(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """One unlabelled gauge read at scrape time (one unit per metric: sizes, counts)."""
+        self.registry.register(_ValueCollector(f"{NAMESPACE}_{name}", documentation, read))
+
     def watch_gauges(self, name: str, documentation: str, read: Callable[[], Mapping[str, float]], label: str = "kind") -> None:
         """Like ``watch_counters`` for values that go up and down (sizes, queue lengths)."""
         self.registry.register(_CallableCollector(GaugeMetricFamily, f"{NAMESPACE}_{name}", documentation, read, label))
@@ -138,6 +155,19 @@ class _HeartbeatCollector(Collector):
             ages = {}
         for stage, age in sorted(ages.items()):
             family.add_metric([stage], float(age))
+        yield family
+
+
+class _ValueCollector(Collector):
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]):
+        self._name, self._doc, self._read = name, documentation, read
+
+    def collect(self):
+        family = GaugeMetricFamily(self._name, self._doc)
+        try:
+            family.add_metric([], float(self._read()))
+        except Exception:  # noqa: BLE001 - a scrape must not fail because a store is closing
+            pass
         yield family
 
 
@@ -173,6 +203,7 @@ def create_ops_component(supervisor: Any) -> Optional[MetricsObserver]:
         return None
     metrics = MetricsObserver(station=f"{cfg.station.line}/{cfg.station.name}")
     metrics.watch_heartbeats(supervisor.stage_heartbeats)
+    metrics.watch_queues(lambda: supervisor.pipeline.queue_depths() if getattr(supervisor, "pipeline", None) else {})
     metrics.watch_counters("thread_restarts", "Supervised threads restarted after an exception (see threads.py)",
                            restart_counts, label="thread")
     if hasattr(supervisor, "disk_states"):

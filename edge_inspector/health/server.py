@@ -22,8 +22,10 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from edge_inspector.errors import ConfigError
 from edge_inspector.health.liveness import assess
 from edge_inspector.logging import get_logger
+from edge_inspector.preflight import port_in_use_message
 from edge_inspector.threads import start_supervised
 
 log = get_logger(__name__)
@@ -197,11 +199,9 @@ class HealthOps:
         try:
             server.start()
         except OSError as exc:
-            # Inspecting matters more than being scraped: run on, loudly. (Two stations on one PC
-            # need different health.port values.)
-            log.error("health_not_started", detail="inspection continues without /metrics and /healthz",
-                      host=cfg.host, port=cfg.port, error=f"{type(exc).__name__}: {exc}")
-            return
+            # A station nobody can scrape must not say READY: at start this is exit 2 (bad
+            # input, not restarted by the unit); on a reload the caller reports it.
+            raise ConfigError(port_in_use_message(cfg.host, cfg.port, exc)) from None
         self.server = server
 
     def stop(self) -> None:
@@ -221,15 +221,16 @@ class HealthOps:
 
 def create_ops_component(supervisor: Any) -> Optional[HealthOps]:
     """Hook for Supervisor._build_ops (after health.metrics, whose registry it serves)."""
+    from edge_inspector.archive.http import create_route as image_route
     from edge_inspector.health.metrics import find_metrics
+    from edge_inspector.ui.routes import create_routes as ui_routes
 
     metrics = find_metrics(supervisor)
     if metrics is None:
         return None  # health.enabled is false
     # Endpoints beside /metrics and /healthz, each built here by name.
     routes: list[Route] = []
-    from edge_inspector.archive.http import create_route as image_route
-
+    routes += ui_routes(supervisor)  # the operator page (/ and /ui/...), when ui.enabled
     routes.append(image_route(supervisor))  # GET /images/...: archived frames and heatmaps by reference
     return HealthOps(metrics.registry, supervisor.cfg, supervisor.stage_heartbeats,
                      conditions=lambda: (supervisor.conditions(), supervisor.warnings()), routes=routes)

@@ -63,6 +63,11 @@ def _luma_u8(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2GRAY)
 
 
+def sampled_luma(image: np.ndarray) -> np.ndarray:
+    """Luma (uint8) of the strided subsample the gate measures: cheap enough for every frame."""
+    return _luma_u8(_sample(image))
+
+
 def _measure_sample(s: np.ndarray, saturated_level: int, black_level: int) -> tuple[Exposure, np.ndarray]:
     """Exposure figures of an already subsampled frame, and its luma (uint8)."""
     luma = _luma_u8(s)

@@ -304,13 +304,15 @@ class MqttPublisher:
         if self._client.is_connected() and not self._stopped:
             self._publish_online_status()
 
-    def publish_health(self, counters: Mapping[str, Any], liveness: Optional[Mapping[str, Any]] = None) -> bool:
+    def publish_health(self, counters: Mapping[str, Any], liveness: Optional[Mapping[str, Any]] = None,
+                       **extra: Mapping[str, Any]) -> bool:
         """Publish pipeline ``counters`` plus outbox and MQTT counters on ``P/health`` (QoS 0),
-        and the daemon's ``liveness`` verdict (the /healthz body) when given.
+        the daemon's ``liveness`` verdict (the /healthz body) when given, and ``extra`` sections
+        from ops components (e.g. ``drift``).
 
         Returns False when not connected (health is periodic; a missed one is not replayed).
         """
-        sections: dict[str, Any] = {}
+        sections: dict[str, Any] = {name: dict(value) for name, value in extra.items()}
         if liveness is not None:
             sections["liveness"] = dict(liveness)
         payload = build_health(

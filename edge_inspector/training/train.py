@@ -34,7 +34,8 @@ import torch
 from tqdm import tqdm
 
 from edge_inspector import BUNDLE_FORMAT_VERSION, __version__
-from edge_inspector.datasets import fingerprint, list_test_items, load_images, load_train_good
+from edge_inspector.datasets import extra_good_paths, fingerprint, list_test_items, load_images, load_train_good
+from edge_inspector.drift import drift_reference, image_stats
 from edge_inspector.errors import InputError
 from edge_inspector.inference.bundle import io_spec, write_meta
 from edge_inspector.logging import get_logger
@@ -98,6 +99,9 @@ class TrainSettings:
     subspace_dim: int = 64  # default head: principal subspace behind its "sub" and "res" terms
     curve_points: int = 20  # Fréchet-distance points tracked over a run (each costs an eigendecomposition)
     name: Optional[str] = None
+    # --extra-good: more good images (e.g. the operator page's feedback set), always trained on,
+    # never held out, so a part an operator marked "good — false alarm" is learned
+    extra_good: Optional[str] = None
 
     def resolved_iterations(self) -> int:
         if self.iterations is not None:
@@ -342,6 +346,8 @@ def build_meta(
     score_stats: dict,
     curve: list[dict],
     timing: dict,
+    drift: Optional[dict] = None,
+    n_extra_good: int = 0,
 ) -> dict:
     cfg = model.config
     meta = {
@@ -376,7 +382,10 @@ def build_meta(
             "n_train": n_train,
             "n_holdout": n_holdout,
             "augmented_copies": settings.augmented_copies,
+            "extra_good": {"folder": settings.extra_good, "n_images": n_extra_good} if settings.extra_good else None,
         },
+        # calibration scores and image statistics for the station's drift monitor (drift.py)
+        "drift_reference": drift,
         "training": {
             "seed": settings.seed,
             "iterations": settings.resolved_iterations(),
@@ -480,6 +489,8 @@ class TrainingData:
     train_idx: np.ndarray
     hold_idx: np.ndarray
     train_stats: dict
+    image_stats: list  # (mean luma, contrast) per image: the drift monitor's reference
+    n_extra_good: int
     preprocessor: Preprocessor
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
@@ -521,6 +532,14 @@ def prepare_data(data_dir: Path, settings: TrainSettings, backbone) -> TrainingD
     if hold_idx.size == 0:
         log.warning("no hold-out images: calibrating on training images (threshold will be optimistic)", n_images=len(images))
         hold_idx = train_idx
+    n_extra = 0
+    if settings.extra_good:
+        extra_paths, extra_images = load_images(extra_good_paths(settings.extra_good), "extra good images")
+        n_extra = len(extra_images)
+        train_idx = np.concatenate([train_idx, np.arange(len(images), len(images) + n_extra)])
+        paths, images = paths + extra_paths, images + extra_images
+        log.info("extra good images", folder=settings.extra_good, n_images=n_extra)
+    stats = [image_stats(img) for img in images]
     train_stats = bgr_channel_stats(images)
     # Exposure figures of train/good for the station's image-quality gate (preprocess/quality.py).
     train_stats["exposure"] = exposure_stats(to_bgr_uint8(img) for img in images)
@@ -556,6 +575,8 @@ def prepare_data(data_dir: Path, settings: TrainSettings, backbone) -> TrainingD
         train_idx=train_idx,
         hold_idx=hold_idx,
         train_stats=train_stats,
+        image_stats=stats,
+        n_extra_good=n_extra,
         preprocessor=pre,
         feature_mean=mean,
         feature_std=std,
@@ -666,7 +687,8 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     head_settings = TrainSettings(**{**settings.__dict__, "head": head})
     meta = build_meta(model, head_settings, name or f"{head}", data.paths, int(data.train_idx.size), int(data.hold_idx.size),
                       data.train_stats, calibration, threshold_f1, score_stats,
-                      parts.curve if head in AE_HEADS else [], timing)
+                      parts.curve if head in AE_HEADS else [], timing,
+                      drift=drift_reference((raw_hold - offset) / scale, data.image_stats), n_extra_good=data.n_extra_good)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu()
     save_checkpoint(model, meta, out_dir / CHECKPOINT_NAME)
@@ -716,7 +738,7 @@ def cli_train(args) -> int:
         args.data, args.out, head=args.head, iterations=args.iterations, image_size=args.image_size,
         seed=args.seed, device=args.device, far_target=args.far_target, holdout=args.holdout,
         validation=args.validation, lighting=args.lighting, progress=True,
-        export=not getattr(args, "no_export", False),
+        export=not getattr(args, "no_export", False), extra_good=args.extra_good,
     )
     meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
     summary = {"model": str(out), "head": meta["head"], "threshold": meta["threshold"],

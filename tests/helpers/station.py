@@ -42,6 +42,15 @@ def write_parts(folder: Path, n: int, size: tuple[int, int] = (96, 128), defect_
     return paths
 
 
+def bundle_and_parts(tmp: Path, n_parts: int) -> tuple[Path, Path]:
+    """A tiny model bundle in ``tmp/model`` and ``n_parts`` part images in ``tmp/images``."""
+    from tests.helpers.tiny_bundle import make_tiny_bundle  # needs onnx (the train extra)
+
+    images = tmp / "images"
+    write_parts(images, n_parts)
+    return make_tiny_bundle(tmp / "model"), images
+
+
 def station_config(tmp: Path, port: int, model_dir: Path, images: Path, **sections: Any) -> dict:
     """A minimal station config dict; ``sections`` deep-merge over it (e.g. camera={"fps": 50})."""
     cfg: dict[str, Any] = {
