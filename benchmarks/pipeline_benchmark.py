@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_inspector.config.models import Config  # noqa: E402
+from edge_inspector.inference.bench import rss_mb  # noqa: E402
 from edge_inspector.inference.bundle import load_bundle  # noqa: E402
 from edge_inspector.logging import setup_logging  # noqa: E402
 from edge_inspector.observer import PipelineObserver  # noqa: E402
@@ -47,14 +48,6 @@ from tests.helpers.broker import Mosquitto  # noqa: E402
 
 RSS_SAMPLE_EVERY = 250
 DATASET_IMAGES = REPO.parent / "shared" / "datasets" / "mvtec_ad" / "bottle" / "test"
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def percentiles(values: list[float]) -> dict:

@@ -32,17 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_inspector.config.models import Config  # noqa: E402
+from edge_inspector.inference.bench import rss_mb  # noqa: E402
 from edge_inspector.logging import setup_logging  # noqa: E402
 from edge_inspector.pipeline.recipes import Recipes  # noqa: E402
 from edge_inspector.pipeline.runtime import open_engine  # noqa: E402
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -31,15 +32,28 @@ def peak_rss_mb() -> float:
     On Linux read VmHWM from /proc/self/status: getrusage's ru_maxrss carries over across
     fork+exec, so a bench started from a big process (a training benchmark) would report the
     parent's peak (measured: 3.1 GB instead of ~165 MB)."""
+    peak = _proc_status_mb("VmHWM:")
+    if peak is not None:
+        return peak
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB (NaN where /proc is missing)."""
+    now = _proc_status_mb("VmRSS:")
+    return float("nan") if now is None else now
+
+
+def _proc_status_mb(field: str) -> Optional[float]:
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+    return None
 
 
 def _inputs(bundle, n: int, seed: int = 0) -> list[np.ndarray]:
