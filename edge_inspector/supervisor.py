@@ -528,6 +528,7 @@ class Supervisor:
             "model": None if runtime is None else {**runtime.model_info, "provider": getattr(runtime.engine, "provider", "?"),
                                                    "generation": runtime.generation},
             "threshold": None if runtime is None else runtime.threshold,
+            "session": getattr(self.publisher, "session", None),  # daemon start counter (frame_id, status/will)
             "product": None if runtime is None else runtime.product,
             "products_loaded": self.recipes.loaded,
             "threshold_override": self._threshold_override,  # set_threshold value in force, if any

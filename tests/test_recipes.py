@@ -7,6 +7,7 @@ from __future__ import annotations
 
 
 import pytest
+import yaml
 
 from edge_inspector.acquisition.parts import PartTag
 from edge_inspector.config.models import Config
@@ -88,6 +89,38 @@ def test_product_command_switches_the_recipe_in_service(tmp_path, bundles):
         assert sup.status()["product"] == "bottle-b" and sup.publisher.status["product"] == "bottle-b"
         ok, message = sup.select_product("bottle-x")
         assert not ok and "unknown product 'bottle-x'" in message and sup.status()["product"] == "bottle-b"
+    finally:
+        sup.request_stop("test done")
+        sup.run()
+
+
+def test_reload_updates_the_recipe_in_service_and_refuses_to_drop_it(tmp_path, bundles):
+    config = tmp_path / "station.yaml"
+    base = {"station": {"line": "l1", "name": "st1"}, "model": {"warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
+            "archive": {"enabled": False}, "health": {"enabled": False}, "recipes": _recipes(bundles, preload=False)}
+    config.write_text(yaml.safe_dump(base))
+    source = ListSource([grey()] * 2, triggered=True)
+    sup = make_supervisor(tmp_path, bundles["a"], source, NumpyEngine(), config_path=config, recipes=_recipes(bundles, preload=False))
+    sup.start()
+    try:
+        assert sup.current_runtime().product == "bottle-a" and sup.current_runtime().threshold == 0.5
+        recipes = _recipes(bundles, preload=False)
+        recipes["products"]["bottle-a"]["threshold"] = 0.8
+        config.write_text(yaml.safe_dump({**base, "recipes": recipes}))
+        ok, message = sup.reload()
+        assert ok and "threshold 0.5 -> 0.8" in message, message
+        assert sup.current_runtime().product == "bottle-a" and sup.current_runtime().threshold == 0.8
+        recipes["products"]["bottle-a"]["model_path"] = str(bundles["c"])  # a new bundle for the product in service
+        config.write_text(yaml.safe_dump({**base, "recipes": recipes}))
+        ok, message = sup.reload()
+        assert ok, message
+        assert sup.current_runtime().bundle.sha256 == load_bundle(bundles["c"]).sha256 and sup.current_runtime().product == "bottle-a"
+        del recipes["products"]["bottle-a"]
+        recipes["default"] = "bottle-b"
+        config.write_text(yaml.safe_dump({**base, "recipes": recipes}))
+        ok, message = sup.reload()
+        assert not ok and "recipes.products has no 'bottle-a', the product in service" in message
+        assert sup.current_runtime().product == "bottle-a"
     finally:
         sup.request_stop("test done")
         sup.run()
