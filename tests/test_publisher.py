@@ -299,6 +299,8 @@ def test_last_will_marks_station_offline_when_process_is_killed(mosquitto, tmp_p
     assert will["reason"] == "connection_lost" and will["station"] == {"line": "L1", "name": "S1"}
     birth = [s for s in late.statuses() if s["online"]][-1]
     assert will["session"] == birth["session"] >= 1  # the will names the birth it ends
+    will_message = [m for m in late.on("status") if not json.loads(m.payload)["online"]][-1]
+    assert dict(will_message.properties.UserProperty) == {"schema": "edge-inspector.status/1", "station": "L1/S1"}
 
 
 def test_broker_outage_loses_nothing_and_plc_is_not_replayed(mosquitto, tmp_path, subscriber_factory):

@@ -186,7 +186,8 @@ class MqttPublisher:
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=m.reconnect_min_s, max_delay=m.reconnect_max_s)
-        client.will_set(self.topics["status"], self._offline_payload("connection_lost"), qos=1, retain=True)
+        client.will_set(self.topics["status"], self._offline_payload("connection_lost"), qos=1, retain=True,
+                        properties=self._data_properties(STATUS_SCHEMA, packet=PacketTypes.WILLMESSAGE))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -209,11 +210,11 @@ class MqttPublisher:
         # ``session`` pairs this will with the online status (birth) of the same daemon start.
         return dumps(build_status(False, station=self._station, reason=reason, model=self.model, session=self.session))
 
-    def _data_properties(self, schema: Any, **extra: Any) -> Optional[Properties]:
+    def _data_properties(self, schema: Any, packet: int = PacketTypes.PUBLISH, **extra: Any) -> Optional[Properties]:
         """MQTT 5 content type and user properties (schema, station) for broker-side routing."""
         if not self._v5:
             return None
-        properties = Properties(PacketTypes.PUBLISH)
+        properties = Properties(packet)
         properties.ContentType = "application/json"
         properties.UserProperty = [("schema", str(schema)), ("station", f"{self._station['line']}/{self._station['name']}")]
         for key, value in extra.items():
