@@ -87,7 +87,17 @@ def port_in_use_message(host: str, port: int, exc: OSError) -> str:
     return f"health.port={port} on health.host={host}: {why}"
 
 
-def model_problem(cfg: Config) -> Optional[str]:
+def model_problems(cfg: Config) -> list[str]:
+    """Every bundle the station may run: ``model.path`` (unless a recipe is in service from the
+    start) and each product's ``model_path`` (a switch must not be the first to find it broken)."""
+    from edge_inspector.pipeline.recipes import product_config
+
+    runs = [] if cfg.recipes.default is not None else [("model.path", cfg)]
+    runs += [(f"recipes.products.{name}.model_path", product_config(cfg, name)) for name in cfg.recipes.products]
+    return [problem for key, run_cfg in runs if (problem := model_problem(run_cfg, key))]
+
+
+def model_problem(cfg: Config, key: str = "model.path") -> Optional[str]:
     """The bundle must exist, match the config (ROI, lighting) and open in onnxruntime."""
     from edge_inspector.inference.bundle import load_bundle
     from edge_inspector.pipeline.runtime import build_preprocessor
@@ -104,16 +114,16 @@ def model_problem(cfg: Config) -> Optional[str]:
         options.log_severity_level = 3
         ort.InferenceSession(str(bundle.onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
     except InputError as exc:
-        return f"model.path: {exc}"
+        return f"{key}: {exc}"
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are many; each is a bad file here
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"model.path={cfg.model.path}: onnxruntime cannot load {cfg.model.path}/model.onnx ({first})"
+        return f"{key}={cfg.model.path}: onnxruntime cannot load {cfg.model.path}/model.onnx ({first})"
     return None
 
 
 def check_station(cfg: Config, *, check_port: bool = True) -> list[str]:
     """Every problem ``run`` would hit before READY=1, in start order."""
-    problems = [model_problem(cfg), unit_view_problem(cfg), writable_problem(cfg)]
+    problems = [*model_problems(cfg), unit_view_problem(cfg), writable_problem(cfg)]
     if check_port:
         problems.append(port_problem(cfg))
     return [p for p in problems if p]

@@ -159,3 +159,18 @@ def test_the_example_configs_state_paths_are_writable_under_the_unit(monkeypatch
     assert unit_view_problem(cfg) is None
     assert cfg.outbox.path == state / "outbox.sqlite" and cfg.archive.path == state / "archive"
     assert cfg.health.port == instance_port("line2-st3")
+
+
+def test_check_config_checks_every_products_bundle(station):
+    """Recipes (issue 11): a product whose bundle is missing would fail at its first switch, in
+    the middle of a shift; check-config names it before the station starts. With a default
+    product, model.path is not what runs and need not exist."""
+    tmp, cfg = station
+    cfg["model"]["path"] = str(tmp / "models" / "current")  # not installed: the recipes name the bundles
+    cfg["recipes"] = {"products": {"p1": {"model_path": str(tmp / "model")}, "p2": {"model_path": str(tmp / "nowhere")}},
+                      "default": "p1"}
+    path = write_config(tmp / "st.yaml", cfg)
+    r = _cli("check-config", "--quiet", str(path), "--set", "health.port=0")
+    assert r.returncode == 2 and f"recipes.products.p2.model_path: {tmp}/nowhere: model directory not found" in _one_line(r)
+    r = _cli("check-config", "--quiet", str(path), "--set", "health.port=0", "--set", f"recipes.products.p2.model_path={tmp / 'model'}")
+    assert r.returncode == 0, r.stderr
