@@ -128,8 +128,9 @@ class PipelineControl(Protocol):
     def select_product(self, product: str) -> tuple[bool, str]:
         """Put this product's recipe in service from the next frame on (``P/cmd/product``)."""
 
-    def announce_part(self, tag: Any) -> tuple[bool, str]:
-        """Queue the identity of the part the next hardware trigger images (``P/cmd/part``)."""
+    def announce_part(self, tag: Any, clear: bool = False) -> tuple[bool, str]:
+        """Queue the identity of the part the next hardware trigger images (``P/cmd/part``);
+        ``clear`` drops the announcements still waiting first."""
 
     def snapshot(self, seq: Optional[int] = None) -> Optional[np.ndarray]:
         """The last grabbed frame (original pixels), or the archived frame of result ``seq``; None

@@ -497,13 +497,19 @@ class Supervisor:
             return False, "pipeline is not running"
         return self.software_trigger.fire(count, tag)
 
-    def announce_part(self, tag: PartTag) -> tuple[bool, str]:
-        """``P/cmd/part``: the part the next hardware trigger images. Software-triggered stations
-        name the part in ``P/cmd/trigger`` itself; free-run frames are not parts."""
+    def announce_part(self, tag: Optional[PartTag], clear: bool = False) -> tuple[bool, str]:
+        """``P/cmd/part``: the part the next hardware trigger images (``clear``: drop the waiting
+        ones first). Software-triggered stations name the part in ``P/cmd/trigger`` itself;
+        free-run frames are not parts."""
         mode = getattr(self.source, "trigger_mode", self.cfg.camera.trigger.mode)
         if mode != "hardware":
             return False, (f"camera.trigger.mode is {mode}: announce parts only for a hardware trigger "
                            "(software triggers carry the part in P/cmd/trigger)")
+        dropped = self.parts.clear() if clear else 0
+        if dropped:
+            log.warning("announced_parts_cleared", dropped=dropped)
+        if tag is None:
+            return True, f"{dropped} waiting announcement(s) dropped"
         if not self.parts.announce(tag):
             return False, (f"{len(self.parts)} announced part(s) still wait for a trigger: part not queued "
                            f"(at most {self.parts.limit} ahead)")

@@ -66,18 +66,23 @@ def test_trigger_and_part_commands_hand_the_tag_to_the_pipeline():
     assert handler.execute("part", json.dumps({"part_id": "7", "part_ref": 99}).encode())["ok"]
     assert control.announced == [PartTag("7", None, {}, 99)]
     assert not handler.execute("part", b"{}")["ok"]  # nothing to announce
+    assert handler.execute("part", b'{"clear": true}')["ok"] and control.announced[-1] == (None, True)
 
 
 def test_hardware_announcements_are_taken_one_per_triggered_frame(tmp_path):
     """P/cmd/part queues identities; each triggered frame takes the next one, in order; frames
     beyond the announcements get generated ids."""
     model_dir = make_tiny_bundle(tmp_path / "model", image_size=32, threshold=0.5)
+    free_run = make_supervisor(tmp_path / "free", model_dir, ListSource([grey()]), NumpyEngine())
+    assert not free_run.announce_part(PartTag.make("A"))[0] and len(free_run.parts) == 0  # not a triggered station
     source = ListSource([grey(), blotched(), grey()], triggered=True)
-    sup = make_supervisor(tmp_path, model_dir, source, NumpyEngine())
-    assert not sup.announce_part(PartTag.make("A"))[0]  # free-run config: refused, nothing queued
-    assert len(sup.parts) == 0
-    sup.parts.announce(PartTag.make("A", "p1", {"lot": "L1"}))
-    sup.parts.announce(PartTag.make("B", "p1"))
+    sup = make_supervisor(tmp_path, model_dir, source, NumpyEngine(), camera={"trigger": {"mode": "hardware"}})
+    assert sup.announce_part(PartTag.make("stale"))[0]
+    ok, message = sup.announce_part(None, clear=True)  # P/cmd/part {"clear": true} after a missed pulse
+    assert ok and message == "1 waiting announcement(s) dropped" and len(sup.parts) == 0
+    assert sup.announce_part(PartTag.make("A", "p1", {"lot": "L1"}))[0]
+    ok, message = sup.announce_part(PartTag.make("B", "p1"))
+    assert ok and message == "part queued for the next trigger (2 waiting)"
     assert run_to_end(sup) == 0
     verdicts = sup.publisher.verdicts
     assert [(v.part_id, v.product) for v in verdicts] == [("A", "p1"), ("B", "p1"), (None, None)]

@@ -73,6 +73,13 @@ class PartQueue:
             self._items.extend([tag] * count)
             return True
 
+    def clear(self) -> int:
+        """Drop every waiting announcement (the PLC resynchronises after a missed pulse); how many."""
+        with self._lock:
+            dropped = len(self._items)
+            self._items.clear()
+            return dropped
+
     def withdraw_last(self) -> None:
         """Undo the newest announcement (its trigger raised: no frame will come for it)."""
         with self._lock:

@@ -128,6 +128,9 @@ class ProductArgs(_Args):
 class PartArgs(_PartArgs):
     """Announce the part the next hardware trigger images (camera.trigger.mode: hardware)."""
 
+    clear: bool = Field(False, strict=True, description="first drop every announcement still waiting (e.g. after a missed "
+                                                        "trigger pulse put the queue out of step with the parts)")
+
 
 COMMANDS: dict[str, type[_Args]] = {
     "reload": ReloadArgs,
@@ -369,9 +372,9 @@ class CommandHandler:
 
     def _cmd_part(self, args: PartArgs) -> dict:
         tag = args.tag()
-        if tag is None:
-            raise _CommandFailed("nothing to announce: give part_id, product, context or part_ref")
-        ok, message = self.control.announce_part(tag)
+        if tag is None and not args.clear:
+            raise _CommandFailed("nothing to announce: give part_id, product, context or part_ref (or clear: true)")
+        ok, message = self.control.announce_part(tag, clear=args.clear)
         if not ok:
             raise _CommandFailed(_one_line(message))
         return {"message": message, **_tag_fields(tag)}

@@ -56,8 +56,8 @@ class FakeControl:
         self.products.append(product)
         return True, f"product {product} in service"
 
-    def announce_part(self, tag):
-        self.announced.append(tag)
+    def announce_part(self, tag, clear=False):
+        self.announced.append((tag, clear) if clear else tag)
         return True, "part announced"
 
     def snapshot(self, seq=None):
