@@ -14,7 +14,7 @@ production unit cannot go unnoticed.
 Points: ``stage.<acquisition|preprocess|inference|postprocess|publish>`` (each item a stage
 takes), ``camera.grab`` (each frame a folder/pylon source is about to deliver), ``mqtt.worker``
 (each event of the publisher's outbox worker), ``trigger.timer``, ``archive.writer``,
-``commands.handler``, ``watchdog`` (each loop pass of those threads).
+``commands.handler``, ``watchdog``, ``supervisor.loop`` (each loop pass of those threads).
 """
 
 from __future__ import annotations

@@ -154,6 +154,7 @@ class Supervisor:
         self._camera_state = "closed"
         self._mqtt_state = "disconnected"
         self._started_at = time.monotonic()
+        self._loop_beat: Optional[float] = None  # the supervisor loop's own heartbeat, once it runs
         self.last_reload: dict = {}
         self.model_load: dict = {"state": "idle"}
 
@@ -224,7 +225,12 @@ class Supervisor:
         next_health = time.monotonic() + health_every
         stall_reported: set[str] = set()
         reported_conditions: tuple = ({}, {})
+        self._loop_beat = time.monotonic()
         while not self._stop_requested.wait(0.2):
+            # The loop reloads, reports stalls and publishes P/health: if it hangs, /healthz and
+            # the watchdog must say so, as they do for a stage.
+            self._loop_beat = time.monotonic()
+            faults.fault_point("supervisor.loop")
             if self.pipeline.finished.is_set():
                 self._stop_reason = self._stop_reason or self.pipeline.failure or self.pipeline.end_reason or "pipeline ended"
                 break
@@ -424,10 +430,14 @@ class Supervisor:
         if self.pipeline is None:
             return {}
         ages = self.pipeline.heartbeat_ages()
+        if self._state in ("stopping", "stopped"):
+            return ages
         publisher = self.publisher
         liveness = getattr(publisher, "liveness", None)
-        if liveness is not None and self._state not in ("stopping", "stopped"):
+        if liveness is not None:
             ages.update(liveness())
+        if self._loop_beat is not None:
+            ages["supervisor"] = time.monotonic() - self._loop_beat
         return ages
 
     def conditions(self) -> dict[str, str]:
@@ -722,7 +732,9 @@ class Supervisor:
                                           outbox=getattr(old, "outbox", None), on_acked=self._on_acked)
             # Stop before start: both use the station's client id, and a broker drops the older
             # of two sessions with one id.
-            old.stop(timeout=self.cfg.pipeline.shutdown_timeout_s)
+            # Bounded well inside the heartbeat timeout: this runs in the supervisor loop, whose
+            # heartbeat must stay fresh; rows not acknowledged in time are replayed by the new one.
+            old.stop(timeout=min(self.cfg.pipeline.shutdown_timeout_s, self.cfg.pipeline.heartbeat_timeout_s / 2))
             new.start()
             self.publisher = new
 
