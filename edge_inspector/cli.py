@@ -8,8 +8,10 @@ that `run` never imports the training side (and so never imports torch).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -101,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon = args.command == "run"
     if daemon:
         quiet_native_env()  # before onnxruntime/OpenCV are imported: journal hygiene
+        # `kill -USR1 <pid>`: every thread's stack into the journal, for a daemon that hangs
+        # (no debugger on a station; systemd would only SIGKILL it).
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         # The journal (stderr not a terminal): native libraries' stderr becomes JSON log lines.
         # Left before the one-line error below is printed (the CLI contract's plain line).

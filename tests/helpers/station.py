@@ -100,6 +100,11 @@ def stop_daemon(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: floa
         proc.send_signal(sig)
     try:
         return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        # every thread's stack into the daemon's log (faulthandler on SIGUSR1), so the hang is diagnosable
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
