@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with native_output_to_log(enabled=daemon and not sys.stderr.isatty()):
             return int(_resolve(_HANDLERS[args.command])(args) or 0)
     except InspectorError as exc:
-        print(f"edge-inspector {args.command}: error: {exc}", file=sys.stderr)
+        _fatal(args.command, f"edge-inspector {args.command}: error: {exc}", exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"edge-inspector {args.command}: interrupted", file=sys.stderr)
@@ -121,8 +121,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug or os.environ.get("EDGE_INSPECTOR_DEBUG"):
             raise
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"edge-inspector {args.command}: internal error: {exc.__class__.__name__}: {msg} (rerun with --debug for details)", file=sys.stderr)
+        _fatal(args.command, f"edge-inspector {args.command}: internal error: {exc.__class__.__name__}: {msg} "
+                             "(rerun with --debug for details)", 1)
         return 1
+
+
+def _fatal(command: str, message: str, exit_code: int) -> None:
+    """The one line that says why a command failed. For the daemon with JSON logs on (the
+    journal) it is a JSON ``run_failed`` line like every other, so ``jq 'select(.level=="error")'``
+    shows why a station did not start; ``message`` carries the same text a terminal shows."""
+    from edge_inspector.logging import get_logger, json_logs_on
+
+    if command == "run" and json_logs_on():
+        get_logger("edge_inspector.cli").error("run_failed", message=message, exit_code=exit_code)
+    else:
+        print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ def bind_station(line: str, name: str) -> None:
     _STATIC_FIELDS.update(line=line, station=name)
 
 
+def json_logs_on() -> bool:
+    return _JSON["on"]
+
+
 def setup_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger. Safe to call more than once."""
     if json_logs is None:

@@ -16,7 +16,7 @@ import pytest
 
 from edge_inspector.inference.bundle import load_bundle
 from edge_inspector.publish.payload import parse_plc, parse_result
-from tests.helpers.station import Subscriber, assert_retained_offline, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
+from tests.helpers.station import Subscriber, assert_retained_offline, fatal_message, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -148,9 +148,9 @@ def test_invalid_config_one_line_exit_2(tmp_path, model_dir, mutate, expect):
     mutate(cfg, tmp_path)
     config = write_config(tmp_path / "bad.yaml", cfg)
     result = run_cli("run", "--config", str(config), timeout=60)
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("edge-inspector run:")]
+    lines = [ln for ln in result.stderr.splitlines() if "edge-inspector run:" in ln]
     assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1 and re.search(expect, lines[0]), result.stderr[-2000:]
+    assert len(lines) == 1 and re.search(expect, fatal_message(result.stderr)), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
 
 
@@ -161,7 +161,7 @@ def test_bad_yaml_and_missing_file_exit_2(tmp_path):
         result = run_cli("run", "--config", str(path))
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr
-        assert lines[0].startswith("edge-inspector run: error: ") and str(path) in lines[0]
+        assert fatal_message(result.stderr).startswith("edge-inspector run: error: ") and str(path) in lines[0]
 
 
 def test_sigterm_is_clean_and_status_retained_offline(tmp_path, mosquitto, model_dir):

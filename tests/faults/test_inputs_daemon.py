@@ -15,7 +15,7 @@ from edge_inspector.publish.payload import parse_plc, parse_result
 from tests.helpers.broker import free_port
 from tests.helpers.bad_inputs import make_nan_bundle, odd_frames
 from tests.helpers.faults import http_get
-from tests.helpers.station import Subscriber, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
+from tests.helpers.station import Subscriber, fatal_message, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 ODD_REASONS = {  # odd frame kind → what its ERROR says
@@ -105,7 +105,7 @@ def test_run_refuses_a_threshold_that_cannot_decide(tmp_path, model_dir, where, 
         extra = []
     r = run_cli("run", "--config", str(config), *extra)
     assert r.returncode == 2, r.stderr[-2000:]
-    last = r.stderr.strip().splitlines()[-1]
+    last = fatal_message(r.stderr)
     assert last.startswith("edge-inspector run: error: ") and "model.threshold" in last, last
     assert "Traceback" not in r.stderr
 

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers.broker import free_port
 from tests.helpers.faults import (assert_contiguous, fill_disk, healthz, log_events, metric, small_tmpfs,
                                   start_daemon, wait_until)
-from tests.helpers.station import Subscriber, run_cli, station_config, stop_daemon, write_config, write_parts
+from tests.helpers.station import Subscriber, fatal_message, run_cli, station_config, stop_daemon, write_config, write_parts
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 
@@ -155,7 +155,7 @@ def test_first_start_on_a_full_disk_exits_1_with_one_line(tmp_path, model_dir):
         config = write_config(tmp_path / "station.yaml", station_config(tmp_path, free_port(), model_dir, images))
         done = run_cli("run", "--config", str(config), timeout=60)
     assert done.returncode == 1, done.stderr[-2000:]
-    last = done.stderr.strip().splitlines()[-1]
+    last = fatal_message(done.stderr)
     assert last.startswith("edge-inspector run: error: outbox.path=") and "no space left" in last
 
 
@@ -170,6 +170,5 @@ def test_bad_archive_path_is_exit_2_naming_the_key(tmp_path, model_dir, where):
         tmp_path, free_port(), model_dir, images, archive={"enabled": True, "path": str(path)}))
     done = run_cli("run", "--config", str(config), timeout=60)
     assert done.returncode == 2, done.stderr[-2000:]
-    lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"edge-inspector run: error: archive.path={path}: cannot create the archive folder")
+    assert fatal_message(done.stderr).startswith(f"edge-inspector run: error: archive.path={path}: cannot create the archive folder")
     assert "Traceback" not in done.stderr

@@ -207,3 +207,13 @@ def assert_retained_offline(port: int) -> None:
         assert late.payloads("status")[-1]["online"] is False
     finally:
         late.close()
+
+
+def fatal_message(stderr: str) -> str:
+    """The ``message`` of the daemon's last stderr line, the one that says why it stopped. Tests
+    capture stderr (not a terminal), so JSON logs are on, as under systemd: that line must be a
+    JSON ``run_failed`` event like every other line, or the journal's error recipe misses it."""
+    last = stderr.strip().splitlines()[-1]
+    record = json.loads(last)
+    assert record.get("event") == "run_failed" and record.get("level") == "error", record
+    return record["message"]
