@@ -1,6 +1,8 @@
 """Class 2, liveness from work done: a driver call that hangs in ``camera.trigger.mode: hardware``
 turns /healthz 503, P/health unhealthy and stops the systemd watchdog pings — while a triggered
-line that is merely idle (no parts) stays healthy."""
+line that is merely idle (no parts) stays healthy. The supervisor's own loop (reloads, stall
+reports, P/health) has a heartbeat too: a hung loop is seen the same way, never a station that
+reloads nothing and reports "ok"."""
 
 from __future__ import annotations
 
@@ -33,19 +35,30 @@ def _config(tmp_path, port, model_dir, health_port, trigger):
     return write_config(tmp_path / "station.yaml", cfg)
 
 
+def _start_watched(config, faults, log, notify):
+    """The daemon under a watchdog (NOTIFY_SOCKET, WATCHDOG_USEC), pinging once READY."""
+    proc = start_daemon(config, faults=faults, log_path=log,
+                        env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"})
+    notify.wait_for("READY", 30)
+    notify.wait_for("WATCHDOG", 10)  # pinged while working
+    return proc
+
+
+def _stalled_body(health_port, proc, log, what):
+    code, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(healthz(health_port)), 15,
+                            f"/healthz 503 after {what}", proc, log)
+    return body
+
+
 def test_hung_grab_in_hardware_trigger_mode_is_seen_everywhere(tmp_path, mosquitto, model_dir):
     health_port = free_port()
     config = _config(tmp_path, mosquitto.port, model_dir, health_port, {"mode": "hardware"})
     sub = Subscriber(mosquitto.port)
     notify = NotifyListener()
     log = tmp_path / "daemon.log"
-    proc = start_daemon(config, faults="camera.grab:hang:4", log_path=log,
-                        env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"})
+    proc = _start_watched(config, "camera.grab:hang:4", log, notify)
     try:
-        notify.wait_for("READY", 30)
-        notify.wait_for("WATCHDOG", 10)  # pinged while grabbing
-        code, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(healthz(health_port)), 15,
-                                "/healthz 503 after the hung grab", proc, log)
+        body = _stalled_body(health_port, proc, log, "the hung grab")
         assert body["status"] == "stalled" and body["stalled"] == ["acquisition"], body
         # P/health says the same (liveness section), not "all fine"
         wait_until(lambda: any(h.get("liveness", {}).get("stalled") == ["acquisition"] for h in sub.payloads("health")),
@@ -82,3 +95,28 @@ def test_idle_triggered_line_stays_healthy(tmp_path, mosquitto, model_dir):
     finally:
         rc = stop_daemon(proc)
     assert rc == 0, log.read_text()[-2000:]
+
+
+def test_hung_supervisor_loop_is_stalled_on_healthz_and_starves_the_watchdog(tmp_path, mosquitto, model_dir):
+    health_port = free_port()
+    config = _config(tmp_path, mosquitto.port, model_dir, health_port, {"mode": "free_run"})
+    sub = Subscriber(mosquitto.port)
+    notify = NotifyListener()
+    log = tmp_path / "daemon.log"
+    # ~10 loop passes (0.2 s each) of normal running first, then the loop hangs for good
+    proc = _start_watched(config, "supervisor.loop:hang:10", log, notify)
+    try:
+        body = _stalled_body(health_port, proc, log, "the supervisor loop hung")
+        assert body["status"] == "stalled" and body["stalled"] == ["supervisor"], body
+        notify.drain(0.3)
+        notify.messages.clear()
+        notify.drain(1.5)
+        assert not any("WATCHDOG" in m for m in notify.messages), notify.messages
+        # the stages go on inspecting meanwhile: results still reach the MES
+        before = len(sub.results_by_seq())
+        wait_until(lambda: len(sub.results_by_seq()) > before, 10, "results while the loop hangs", proc, log)
+    finally:
+        sub.close()
+        notify.close()
+        # SIGTERM is served by the hung loop: systemd's TimeoutStopSec ends in SIGKILL, as here
+        stop_daemon(proc, signal.SIGKILL, timeout=10)
