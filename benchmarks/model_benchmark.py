@@ -109,7 +109,7 @@ def restandardise(data, mean, std):
     from dataclasses import replace
 
     def convert(z):
-        return (z * data.feature_std + data.feature_mean - mean) / std
+        return ((z.float() * data.feature_std + data.feature_mean - mean) / std).to(z.dtype)
 
     return replace(data, z_train=convert(data.z_train), z_clean=convert(data.z_clean), z_hold=convert(data.z_hold),
                    feature_mean=mean, feature_std=std)

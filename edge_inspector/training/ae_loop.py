@@ -78,7 +78,7 @@ def train_autoencoder(
         started = time.perf_counter()
         progress = step / iterations
         idx = torch.randint(n, (batch,), generator=generator)
-        z = z_train[idx].to(device)
+        z = z_train[idx].to(device, torch.float32)  # the cache may be float16
         z_hat = ae(z)
         loss, _, _ = reconstruction_loss(z, z_hat)
         running["rec"] += float(loss.detach())

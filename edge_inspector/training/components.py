@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -50,8 +51,8 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         # copies (to cover other lighting) was measured to hurt badly — tire pixel AUROC 0.901 vs
         # 0.967, image 0.637 vs 0.722: greedy k-center selection spends the bank on the augmented
         # outliers and leaves the normal appearance sparsely covered.
-        z = data.z_clean * data.feature_std if settings.knn_features == "raw" else data.z_clean
-        patches = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        scale = data.feature_std if settings.knn_features == "raw" else None
+        patches = bank_candidates(data.z_clean, scale, settings.coreset_max_patches, settings.seed + 6)
         n_select = max(1, int(round(settings.coreset_fraction * patches.shape[0])))
         bar = tqdm(total=n_select, desc="coreset", disable=not settings.progress, unit="pt")
         chosen = greedy_coreset(patches, n_select, seed=settings.seed + 3, progress=lambda i, n: bar.update(1))
@@ -61,7 +62,30 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
             parts.subspace = principal_subspace(patches, settings.subspace_dim)
         parts.timing["coreset_s"] = round(time.perf_counter() - t0, 2)
         parts.timing["bank_size"] = int(chosen.numel())
+        parts.timing["coreset_candidates"] = int(patches.shape[0])
     return parts
+
+
+def bank_candidates(z: torch.Tensor, scale: Optional[torch.Tensor], limit: int, seed: int) -> torch.Tensor:
+    """Patch features (M×C, float32) of the cached maps ``z`` (N×C×G×G), times ``scale`` when
+    given (raw features). Beyond ``limit`` patches, a seeded uniform sample of ``limit`` of them
+    (kept in image order), gathered a block of images at a time: the coreset's memory and time
+    and the bank size (``coreset_fraction`` of the candidates) stop growing with the training set."""
+    n, c, h, w = z.shape
+    total = n * h * w
+    keep = None if total <= limit else torch.from_numpy(np.sort(np.random.default_rng(seed).choice(total, limit, replace=False)))
+    blocks = []
+    for start in range(0, n, 64):
+        block = z[start : start + 64].float()
+        if scale is not None:
+            block = block * scale
+        block = block.permute(0, 2, 3, 1).reshape(-1, c)
+        if keep is not None:
+            first = start * h * w
+            chosen = keep[(keep >= first) & (keep < first + block.shape[0])] - first
+            block = block[chosen]
+        blocks.append(block)
+    return torch.cat(blocks)
 
 
 def principal_subspace(patches: torch.Tensor, dim: int) -> Optional[torch.Tensor]:

@@ -31,6 +31,12 @@ class TrainSettings:
     batch_size: int = 8
     learning_rate: float = 1e-3
     coreset_fraction: float = 0.01
+    # Memory bounds (docs/model.md, "Training memory"): at most this many feature maps are cached
+    # (clean training images first, then a seeded subset of the photometric copies; 0.7 MB each at
+    # 256², float16), and the coreset chooses among at most this many patches (a seeded uniform
+    # sample of the clean training patches; 262 144 = 256 images at 256²).
+    feature_cache_images: int = 1024
+    coreset_max_patches: int = 262144
     gan: GanSchedule = field(default_factory=GanSchedule)
     threads: int = 2
     # default head: fix the mix to {ae: this, knn: 1 − this}; None = choose the term weights on
@@ -72,6 +78,8 @@ def check_settings(settings: TrainSettings) -> None:
         raise InputError(f"fusion_ae_weight {settings.fusion_ae_weight} must be in [0, 1]")
     if settings.subspace_dim < 0:
         raise InputError(f"subspace_dim {settings.subspace_dim} must be ≥ 0 (0: no subspace terms)")
+    if settings.feature_cache_images < 1 or settings.coreset_max_patches < 1:
+        raise InputError("feature_cache_images and coreset_max_patches must be ≥ 1")
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device available to torch on this machine")
     settings.resolved_iterations()

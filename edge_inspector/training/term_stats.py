@@ -18,7 +18,7 @@ def fit_term_statistics(model: InspectionModel, z_train_clean: torch.Tensor, z_h
     if model.mdaae is not None:
         l2s, coss = [], []
         for i in range(0, z_train_clean.shape[0], 16):
-            z = z_train_clean[i : i + 16].to(device)
+            z = z_train_clean[i : i + 16].to(device, torch.float32)
             l2, cos = reconstruction_terms(z, model.mdaae(z))
             l2s.append(l2.mean().item() * z.shape[0])
             coss.append(cos.mean().item() * z.shape[0])
@@ -30,7 +30,7 @@ def fit_term_statistics(model: InspectionModel, z_train_clean: torch.Tensor, z_h
         names = model.available_terms()
         values: dict[str, list] = {n: [] for n in names}
         for i in range(0, z_hold.shape[0], 16):
-            for name, grid in model.term_grids(z_hold[i : i + 16].to(device), names).items():
+            for name, grid in model.term_grids(z_hold[i : i + 16].to(device, torch.float32), names).items():
                 values[name].append(grid.flatten().cpu())
         stats["term_mean"], stats["term_std"] = {}, {}
         for name in names:
