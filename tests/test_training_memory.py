@@ -81,9 +81,11 @@ def test_bank_candidates_are_every_patch_below_the_cap_and_a_uniform_sample_abov
     z = torch.randn(70, 4, 3, 3).half()  # more than one 64-image block
     scale = torch.rand(1, 4, 1, 1) + 0.5
     every = (z.float() * scale).permute(0, 2, 3, 1).reshape(-1, 4)
-    assert torch.equal(bank_candidates(z, scale, 10_000, seed=0), every)
-    sample = bank_candidates(z, scale, 200, seed=0)
+    patches, rows = bank_candidates(z, scale, 10_000, seed=0)
+    assert torch.equal(patches, every) and torch.equal(rows, torch.arange(70).repeat_interleave(9))
+    sample, rows = bank_candidates(z, scale, 200, seed=0)
     assert sample.shape == (200, 4) and sample.dtype == torch.float32
+    assert all(torch.equal(r, every[k * 9 : k * 9 + 9][(every[k * 9 : k * 9 + 9] == r).all(dim=1)][0]) for r, k in zip(sample, rows.tolist()))
     rows = {tuple(r.tolist()) for r in every}
     assert all(tuple(r.tolist()) in rows for r in sample)
     # both 64-image blocks contribute, in proportion to their patches (64·9 vs 6·9)

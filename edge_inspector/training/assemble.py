@@ -17,7 +17,8 @@ from edge_inspector.inference.bundle import write_meta
 from edge_inspector.logging import get_logger
 from edge_inspector.preprocess import Preprocessor
 from edge_inspector.training.backbone import DEFAULT_TAPS
-from edge_inspector.training.calibrate import f1_threshold, far_threshold
+from edge_inspector.training.calibrate import f1_threshold
+from edge_inspector.training.crossfit import threshold_rules
 from edge_inspector.training.components import Components
 from edge_inspector.training.export import CHECKPOINT_NAME, export_bundle
 from edge_inspector.training.features import TrainingData
@@ -78,7 +79,9 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     scale = max(scale, 0.05 * abs(offset), 1e-6)
     model.score_offset.fill_(offset)
     model.score_scale.fill_(scale)
-    calibration = far_threshold((raw_hold - offset) / scale, settings.far_target)
+    calibration = threshold_rules(model, data.z_clean, parts.bank_source if head in KNN_HEADS else None,
+                                  (raw_hold - offset) / scale, offset, scale, settings.calibration, settings.far_target,
+                                  device, hold_is_train=bool(np.array_equal(data.hold_idx, data.train_idx)))
     threshold_f1 = _validation_threshold(model, data.preprocessor, settings, device) if settings.validation else None
     timing = {**data.timing, **parts.timing, "calibration_s": round(time.perf_counter() - started, 2)}
     head_settings = TrainSettings(**{**settings.__dict__, "head": head})

@@ -28,6 +28,7 @@ class Components:
     used_gan: bool = False
     bank: Optional[torch.Tensor] = None
     subspace: Optional[torch.Tensor] = None  # C×d principal directions of the bank's feature space
+    bank_source: Optional[torch.Tensor] = None  # row of TrainingData.z_clean each bank entry was drawn from
     curve: list = field(default_factory=list)
     timing: dict = field(default_factory=dict)
 
@@ -52,12 +53,13 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         # 0.967, image 0.637 vs 0.722: greedy k-center selection spends the bank on the augmented
         # outliers and leaves the normal appearance sparsely covered.
         scale = data.feature_std if settings.knn_features == "raw" else None
-        patches = bank_candidates(data.z_clean, scale, settings.coreset_max_patches, settings.seed + 6)
+        patches, rows = bank_candidates(data.z_clean, scale, settings.coreset_max_patches, settings.seed + 6)
         n_select = max(1, int(round(settings.coreset_fraction * patches.shape[0])))
         bar = tqdm(total=n_select, desc="coreset", disable=not settings.progress, unit="pt")
         chosen = greedy_coreset(patches, n_select, seed=settings.seed + 3, progress=lambda i, n: bar.update(1))
         bar.close()
         parts.bank = patches[chosen].clone()
+        parts.bank_source = rows[chosen].clone()  # the clean training image behind each entry (crossfit.py)
         if settings.head == "default":  # only the default head has the subspace terms
             parts.subspace = principal_subspace(patches, settings.subspace_dim)
         parts.timing["coreset_s"] = round(time.perf_counter() - t0, 2)
@@ -66,26 +68,30 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
     return parts
 
 
-def bank_candidates(z: torch.Tensor, scale: Optional[torch.Tensor], limit: int, seed: int) -> torch.Tensor:
+def bank_candidates(z: torch.Tensor, scale: Optional[torch.Tensor], limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch features (M×C, float32) of the cached maps ``z`` (N×C×G×G), times ``scale`` when
     given (raw features). Beyond ``limit`` patches, a seeded uniform sample of ``limit`` of them
     (kept in image order), gathered a block of images at a time: the coreset's memory and time
-    and the bank size (``coreset_fraction`` of the candidates) stop growing with the training set."""
+    and the bank size (``coreset_fraction`` of the candidates) stop growing with the training set.
+    Returns (patches, the row of ``z`` each patch comes from)."""
     n, c, h, w = z.shape
     total = n * h * w
     keep = None if total <= limit else torch.from_numpy(np.sort(np.random.default_rng(seed).choice(total, limit, replace=False)))
-    blocks = []
+    blocks, rows = [], []
     for start in range(0, n, 64):
         block = z[start : start + 64].float()
         if scale is not None:
             block = block * scale
         block = block.permute(0, 2, 3, 1).reshape(-1, c)
+        first = start * h * w
         if keep is not None:
-            first = start * h * w
             chosen = keep[(keep >= first) & (keep < first + block.shape[0])] - first
             block = block[chosen]
+        else:
+            chosen = torch.arange(block.shape[0])
         blocks.append(block)
-    return torch.cat(blocks)
+        rows.append((chosen + first) // (h * w))
+    return torch.cat(blocks), torch.cat(rows)
 
 
 def principal_subspace(patches: torch.Tensor, dim: int) -> Optional[torch.Tensor]:

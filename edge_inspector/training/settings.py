@@ -13,6 +13,8 @@ from edge_inspector.errors import InputError
 from edge_inspector.training.sagan import GanSchedule
 from edge_inspector.training.scoring import HEADS, KNN_FEATURES
 
+CALIBRATION_RULES = ("crossfit_tail", "holdout")
+
 
 @dataclass
 class TrainSettings:
@@ -22,6 +24,9 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     far_target: float = 0.01
+    # threshold rule (docs/model.md, "Threshold"): "crossfit_tail" = GPD tail of the hold-out plus
+    # leave-one-out training scores where the map allows it, else "holdout" = the hold-out alone
+    calibration: str = "crossfit_tail"
     holdout: float = 0.15
     validation: Optional[str] = None
     lighting: str = "none"
@@ -78,6 +83,8 @@ def check_settings(settings: TrainSettings) -> None:
         raise InputError(f"fusion_ae_weight {settings.fusion_ae_weight} must be in [0, 1]")
     if settings.subspace_dim < 0:
         raise InputError(f"subspace_dim {settings.subspace_dim} must be ≥ 0 (0: no subspace terms)")
+    if settings.calibration not in CALIBRATION_RULES:
+        raise InputError(f"--calibration {settings.calibration}: use {' or '.join(CALIBRATION_RULES)}")
     if settings.feature_cache_images < 1 or settings.coreset_max_patches < 1:
         raise InputError("feature_cache_images and coreset_max_patches must be ≥ 1")
     if settings.device == "cuda" and not torch.cuda.is_available():
