@@ -189,6 +189,7 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
             model_dir=str(out),
         )
         row["threshold_rule"] = meta["threshold_calibration"].get("rule")
+        row["threshold_calibration"] = meta["threshold_calibration"]  # both rules, with the tail fit
         if head == "default":
             row["fusion_weights"] = meta.get("fusion_weights")
             row["fusion_selection"] = meta["score_normalisation"].get("fusion", {}).get("selection")

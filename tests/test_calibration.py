@@ -30,7 +30,8 @@ def knn_bundle(tmp_path_factory):
     data = make_dataset(tmp_path_factory.mktemp("data") / "part", n_train=140, n_test=6)
     out = tmp_path_factory.mktemp("model") / "knn"
     torch.set_num_threads(2)
-    train_bundle(data, out, head="knn", image_size=SIZE, seed=0, progress=False, augmented_copies=0)
+    train_bundle(data, out, head="knn", image_size=SIZE, seed=0, progress=False, augmented_copies=0,
+                 calibration="crossfit_tail")
     return data, out
 
 
@@ -91,10 +92,10 @@ def test_knn_bundle_applies_the_tail_rule_and_records_both(knn_bundle):
     assert 0.0 <= result["roc_recall_at_far"]["far_target"] <= 1.0
 
 
-def test_holdout_rule_on_request_and_where_the_map_is_the_autoencoders(knn_bundle, tmp_path):
+def test_holdout_rule_by_default_and_where_the_map_is_the_autoencoders(knn_bundle, tmp_path):
     data, _ = knn_bundle
     out = train_bundle(data, tmp_path / "knn", head="knn", image_size=SIZE, seed=0, progress=False,
-                       augmented_copies=0, calibration="holdout", export=False)
+                       augmented_copies=0, export=False)
     calib = json.loads((out / "model.json").read_text())["threshold_calibration"]
     assert calib["rule"] == "holdout" and calib["threshold"] == calib["rules"]["holdout"]["threshold"]
     assert "threshold" in calib["rules"]["crossfit_tail"]  # still shown
