@@ -5,7 +5,7 @@ Two training sets:
   * ``mixed600``: 600 good images as a temporary folder of symlinks (never copies) under the work
     dir: kolektorsdd's 263, tire's 210 and the first 127 of bottle's train/good by name. Mixed
     products make a poor model but an honest load: the same decoding, caching and coreset work as
-    a 600-image set of one product, with image sizes from 500×1 250 grey to 900² colour.
+    a 600-image set of one product, with grey and colour frames of several sizes.
 
 Each run is a fresh process (``python -m edge_inspector.cli train --head default``), so peak RSS
 is that of one training; ``--source`` runs another checkout (e.g. main before a change, extracted
