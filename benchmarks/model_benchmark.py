@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 DATASETS = {
     "bottle": ("mvtec_ad", "bottle"),
     "tire": ("mvtec_3d_ad", "tire"),
+    "kolektorsdd": ("kolektorsdd",),
 }
 HEAD_ORDER = ("ae", "aegan", "knn", "default")
 METRICS = (
@@ -43,6 +44,10 @@ METRICS = (
     "recall_at_threshold",
     "far_strong_light",
     "latency_ms_median",
+    # calibration: far/recall at each threshold rule the bundle recorded (the applied one is
+    # threshold/far_at_threshold/recall_at_threshold), and the ROC's best recall at the same FAR
+    "threshold_rules",
+    "roc_recall_at_far",
 )
 
 
@@ -109,7 +114,7 @@ def restandardise(data, mean, std):
     from dataclasses import replace
 
     def convert(z):
-        return (z * data.feature_std + data.feature_mean - mean) / std
+        return ((z.float() * data.feature_std + data.feature_mean - mean) / std).to(z.dtype)
 
     return replace(data, z_train=convert(data.z_train), z_clean=convert(data.z_clean), z_hold=convert(data.z_hold),
                    feature_mean=mean, feature_std=std)
@@ -141,7 +146,7 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         data = restandardise(data, mean, std)
         t0 = time.perf_counter()
         bank = fit_components(data, settings, train_ae=False, use_gan=False, build_bank=True)
-        gan_parts.bank, gan_parts.subspace = bank.bank, bank.subspace
+        gan_parts.bank, gan_parts.subspace, gan_parts.bank_source = bank.bank, bank.subspace, bank.bank_source
         gan_parts.timing = {**gan_parts.timing, **bank.timing}
         gan_and_bank = gan_parts
         ae_s = previous["timing"]["ae_train_s"]
@@ -149,7 +154,9 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         features_s = previous["timing"]["features_s"]
     else:
         t0 = time.perf_counter()
-        parts["ae"] = fit_components(data, settings, train_ae=True, use_gan=False, build_bank=False)
+        # the AE-only model is only needed for its own row
+        parts["ae"] = (fit_components(data, settings, train_ae=True, use_gan=False, build_bank=False)
+                       if "ae" in args.heads else None)
         ae_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         gan_and_bank = fit_components(data, settings, train_ae=True, use_gan=True, build_bank=True)
@@ -181,6 +188,8 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
             frechet_final=meta["training_curve"].get("frechet_final"),
             model_dir=str(out),
         )
+        row["threshold_rule"] = meta["threshold_calibration"].get("rule")
+        row["threshold_calibration"] = meta["threshold_calibration"]  # both rules, with the tail fit
         if head == "default":
             row["fusion_weights"] = meta.get("fusion_weights")
             row["fusion_selection"] = meta["score_normalisation"].get("fusion", {}).get("selection")
@@ -196,7 +205,7 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         "aegan_train_s": round(gan_s, 1),
         "coreset_s": gan_and_bank.timing.get("coreset_s"),
         "bank_size": gan_and_bank.timing.get("bank_size"),
-        "ae_only_step_ms": parts["ae"].timing.get("ae_step_ms"),
+        "ae_only_step_ms": parts["ae"].timing.get("ae_step_ms") if parts["ae"] is not None else None,
         "gan_step_ms": gan_and_bank.timing.get("gan_step_ms"),
         "n_train": int(data.train_idx.size),
         "n_holdout": int(data.hold_idx.size),

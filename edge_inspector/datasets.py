@@ -50,22 +50,37 @@ def train_good_paths(data_dir: str | Path) -> list[Path]:
     return files
 
 
+def iter_images(paths: list[Path], what: str = "images", skipped: Optional[list] = None):
+    """(path, image) for each readable file, skipping unreadable ones with a warning (appended to
+    ``skipped``). One decoded image at a time: training streams a set that does not fit in RAM."""
+    for p in paths:
+        try:
+            image = read_image(p)
+        except DatasetError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
+            log.warning("skipping unreadable image", error=str(exc))
+            continue
+        yield p, image
+
+
 def load_images(paths: list[Path], what: str = "images") -> tuple[list[Path], list[np.ndarray]]:
     """Decode files, skipping unreadable ones with a warning; DatasetError when none remain."""
     kept_paths, images, skipped = [], [], []
-    for p in paths:
-        try:
-            images.append(read_image(p))
-            kept_paths.append(p)
-        except DatasetError as exc:
-            skipped.append(str(exc))
-            log.warning("skipping unreadable image", error=str(exc))
+    for p, image in iter_images(paths, what, skipped):
+        kept_paths.append(p)
+        images.append(image)
+    check_readable(len(images), skipped, what)
+    return kept_paths, images
+
+
+def check_readable(n_kept: int, skipped: list, what: str) -> None:
+    """The counted warning after a pass of :func:`iter_images`; DatasetError when none remain."""
     if skipped:
-        log.warning(f"skipped {len(skipped)} unreadable {what}", skipped=len(skipped), kept=len(images))
-    if not images:
+        log.warning(f"skipped {len(skipped)} unreadable {what}", skipped=len(skipped), kept=n_kept)
+    if not n_kept:
         first = skipped[0] if skipped else "no files"
         raise DatasetError(f"no readable {what} remain ({len(skipped)} skipped; first: {first})")
-    return kept_paths, images
 
 
 def extra_good_paths(folder: str | Path) -> list[Path]:

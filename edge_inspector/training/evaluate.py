@@ -228,6 +228,18 @@ def evaluate_bundle(
         }
     if bundle.meta.get("threshold_far_target") is not None:
         result["threshold_far_target"] = float(bundle.meta["threshold_far_target"])
+    # What the calibration left on the table: the ROC's best recall at the FAR the threshold gave
+    # (and at the target), beside each threshold rule the bundle recorded.
+    result["roc_recall_at_far"] = {"far_at_threshold": M.recall_at_far(labels, s, far)}
+    if result.get("threshold_far_target") is not None:
+        result["roc_recall_at_far"]["far_target"] = M.recall_at_far(labels, s, result["threshold_far_target"])
+    rules = (bundle.meta.get("threshold_calibration") or {}).get("rules") or {}
+    result["threshold_rules"] = {}
+    for rule, calib in rules.items():
+        if "threshold" in calib:
+            far_r, recall_r = M.rate_at_threshold(labels, s, float(calib["threshold"]))
+            result["threshold_rules"][rule] = {"threshold": float(calib["threshold"]), "far": far_r, "recall": recall_r,
+                                               "roc_recall_at_same_far": M.recall_at_far(labels, s, far_r)}
     result["eval_seconds"] = time.perf_counter() - t_start
     result = _clean(result)
 

@@ -75,6 +75,19 @@ def rate_at_threshold(labels, scores, threshold: float) -> tuple[float, float]:
     return far, recall
 
 
+def recall_at_far(labels, scores, far: float) -> float:
+    """The best recall any threshold reaches with a false-alarm rate ≤ ``far`` on these labels: the
+    ROC's answer to "what could a threshold catch at this FAR", for comparison with a calibrated one."""
+    y, s = _image_arrays(labels, scores)
+    good, bad = np.sort(s[y == 0])[::-1], s[y == 1]
+    if not good.size or not bad.size:
+        return math.nan
+    allowed = int(math.floor(far * good.size + 1e-9))  # good images that may score ≥ threshold
+    if allowed >= good.size:
+        return 1.0
+    return float((bad > good[allowed]).mean())
+
+
 def per_type_auroc(types: Sequence[str], scores) -> dict[str, dict]:
     """``{type: {"image_auroc", "n"}}`` for each defect type against the good images."""
     t = np.asarray(list(types))

@@ -125,7 +125,7 @@ class InspectionModel(nn.Module):
         self.knn = (
             KnnScorer(torch.zeros(config.bank_size, channels)) if config.head in KNN_HEADS and config.bank_size > 0 else None
         )
-        # Fitted on good images after training (see train.py): AE term scales, per-term
+        # Fitted on good images after training (term_stats.py): AE term scales, per-term
         # standardisation for the default head, and the final score normalisation.
         self.register_buffer("ae_term_scales", torch.ones(2))  # mean L2, mean (1 − cos) on good images
         self.register_buffer("term_mean", torch.zeros(len(TERMS)))  # per term (TERMS order), held-out good

@@ -1,0 +1,95 @@
+"""Out-of-sample scores of the training images themselves, for the threshold.
+
+The hold-out gives 30–40 good scores: too few to see a 1 % tail, so the threshold rests on a
+Gaussian guess. Every training image can give one more out-of-sample score when the map does not
+depend on a trained network that saw it: the kNN and subspace terms only depend on the memory
+bank. Leave-one-image-out over the bank: image i is scored against the bank without the entries
+that were drawn from image i's own patches, so its nearest neighbours come from other images —
+as for a new part. The bank is not re-selected without the image (that would cost one coreset
+per image); the entries the image loses are not replaced, so its score is, if anything, a little
+higher than against a re-selected bank, and the threshold errs to the safe side.
+
+The threshold rule ``crossfit_tail`` pools these scores with the hold-out's and fits a tail model
+(calibrate.tail_threshold); ``holdout`` is the rule on the hold-out alone.
+
+Not available when the map includes the autoencoder term (heads ``ae``/``aegan``, or a default
+whose fusion kept ``ae``): the autoencoder was trained on these images, so their scores would be
+in-sample. Those bundles keep the hold-out rule.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from edge_inspector.training.calibrate import far_threshold, tail_threshold
+from edge_inspector.training.knn import KnnScorer
+from edge_inspector.training.scoring import InspectionModel
+
+
+def crossfit_unavailable(model: InspectionModel, bank_source: Optional[torch.Tensor]) -> Optional[str]:
+    """Why leave-one-out scores cannot be computed for this model (None: they can)."""
+    head = model.config.head
+    if head in ("ae", "aegan"):
+        return f"head {head}: the map is the autoencoder's, trained on these images"
+    if head == "default" and float(model.config.fusion_weights.get("ae", 0.0)) != 0.0:
+        return "the default head's fusion kept the autoencoder term, trained on these images"
+    if bank_source is None or model.knn is None:
+        return "no memory bank provenance"
+    return None
+
+
+@torch.no_grad()
+def leave_one_out_scores(model: InspectionModel, z_clean: torch.Tensor, bank_source: torch.Tensor, device: str) -> np.ndarray:
+    """Raw image scores (before the bundle's offset/scale) of each cached clean training image,
+    against the memory bank without the entries drawn from that image. ``bank_source[k]`` is the
+    row of ``z_clean`` whose patch became bank entry k."""
+    full_knn, full_sub = model.knn, model.knn_sub
+    bank = full_knn.bank_t.t()
+    bank_sub = full_sub.bank_t.t() if full_sub is not None else None
+    size = model.config.image_size
+    scores = np.empty(z_clean.shape[0], dtype=np.float64)
+    try:
+        for i in range(z_clean.shape[0]):
+            own = bank_source == i
+            if own.any():
+                keep = ~own
+                model.knn = KnnScorer(bank[keep]).to(device)
+                model.knn_sub = KnnScorer(bank_sub[keep]).to(device) if bank_sub is not None else None
+            else:
+                model.knn, model.knn_sub = full_knn, full_sub
+            z = z_clean[i : i + 1].to(device, torch.float32)
+            scores[i] = float(model.upsample_and_smooth(model.raw_grid_map(z), size).amax())
+    finally:
+        model.knn, model.knn_sub = full_knn, full_sub
+    return scores
+
+
+def threshold_rules(model: InspectionModel, z_clean: torch.Tensor, bank_source: Optional[torch.Tensor],
+                    hold_scores: np.ndarray, offset: float, scale: float, rule: str, far_target: float,
+                    device: str, hold_is_train: bool = False) -> dict:
+    """The bundle's threshold calibration: both rules computed where they can be (so a bundle
+    shows what the other would have set), ``rule`` applied. ``hold_scores`` are in the bundle's
+    normalised units; ``holdout`` = far_threshold on them, ``crossfit_tail`` = tail_threshold on
+    them pooled with the leave-one-out scores of the training images."""
+    rules: dict = {"holdout": far_threshold(hold_scores, far_target)}
+    why = crossfit_unavailable(model, bank_source)
+    if why is None and hold_is_train:
+        why = "no hold-out: the calibration images are the training images"
+    if why is None:
+        out_of_fold = (leave_one_out_scores(model, z_clean, bank_source, device) - offset) / scale
+        pooled = np.concatenate([np.asarray(hold_scores, dtype=np.float64), out_of_fold])
+        # Diagnostic of the leave-one-out approximation: out-of-fold scores should look like the
+        # hold-out's (mean 0, std 1 in these units) if they are as out-of-sample as those.
+        rules["crossfit_tail"] = {**tail_threshold(pooled, far_target), "n_holdout": int(len(hold_scores)),
+                                  "n_out_of_fold": int(out_of_fold.size),
+                                  "out_of_fold_mean": round(float(out_of_fold.mean()), 4),
+                                  "out_of_fold_std": round(float(out_of_fold.std(ddof=1)), 4) if out_of_fold.size > 1 else None}
+    else:
+        rules["crossfit_tail"] = {"unavailable": why}
+    # The tail rule applies only where the tail could be fitted; on a small set it would be the
+    # empirical rule again, on training scores that a handful of bank entries make pessimistic.
+    applied = "crossfit_tail" if rule == "crossfit_tail" and rules["crossfit_tail"].get("method") == "gpd_tail" else "holdout"
+    return {**rules[applied], "rule": applied, "rule_requested": rule, "rules": rules}

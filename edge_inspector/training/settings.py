@@ -1,0 +1,101 @@
+"""What one ``train`` run is asked to do: its settings, their validation (bad values → InputError)
+and the seeded, deterministic torch setup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from edge_inspector.errors import InputError
+from edge_inspector.training.sagan import GanSchedule
+from edge_inspector.training.scoring import HEADS, KNN_FEATURES
+
+CALIBRATION_RULES = ("crossfit_tail", "holdout")
+
+
+@dataclass
+class TrainSettings:
+    head: str = "default"
+    iterations: Optional[int] = None
+    image_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    far_target: float = 0.01
+    # threshold rule (docs/model.md, "Scores, threshold and calibration"): "holdout" = the hold-out
+    # alone; "crossfit_tail" = GPD tail of the hold-out plus leave-one-out training scores where the
+    # map allows it. Both are recorded in every bundle; holdout stays the default because the tail
+    # rule did not help on the dev sets measured (docs/benchmarks.md, "Calibration").
+    calibration: str = "holdout"
+    holdout: float = 0.15
+    validation: Optional[str] = None
+    lighting: str = "none"
+    progress: bool = True
+    export: bool = True
+    augmented_copies: int = 2
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    coreset_fraction: float = 0.01
+    # Memory bounds (docs/model.md, "Training memory"): at most this many feature maps are cached
+    # (clean training images first, then a seeded subset of the photometric copies; 0.7 MB each at
+    # 256², float16), and the coreset chooses among at most this many patches (a seeded uniform
+    # sample of the clean training patches; 262 144 = 256 images at 256²).
+    feature_cache_images: int = 1024
+    coreset_max_patches: int = 262144
+    gan: GanSchedule = field(default_factory=GanSchedule)
+    threads: int = 2
+    # default head: fix the mix to {ae: this, knn: 1 − this}; None = choose the term weights on
+    # synthetic anomalies drawn on the held-out good images (fusion.select_fusion_weights)
+    fusion_ae_weight: Optional[float] = None
+    knn_features: str = "raw"  # "raw" (PatchCore: mean-centred backbone features) or "standardised"
+    subspace_dim: int = 64  # default head: principal subspace behind its "sub" and "res" terms
+    curve_points: int = 20  # Fréchet-distance points tracked over a run (each costs an eigendecomposition)
+    name: Optional[str] = None
+    # --extra-good: more good images (e.g. the operator page's feedback set), always trained on,
+    # never held out, so a part an operator marked "good — false alarm" is learned
+    extra_good: Optional[str] = None
+
+    def resolved_iterations(self) -> int:
+        if self.iterations is not None:
+            if self.iterations < 0:
+                raise InputError(f"--iterations {self.iterations} must be ≥ 0")
+            return int(self.iterations)
+        if self.head == "knn":
+            return 0
+        # The paper's Fréchet distance converged at ~2 230 iterations; on cached, standardised
+        # features ours flattens within a few hundred (training_curve.json; docs/model.md), and
+        # 600 steps keep training within the 10-minute budget on 2 shared cores.
+        return 600 if self.image_size >= 192 else 300
+
+
+def check_settings(settings: TrainSettings) -> None:
+    if settings.head not in HEADS:
+        raise InputError(f"unknown head '{settings.head}' (use {', '.join(HEADS)})")
+    if settings.image_size < 32 or settings.image_size % 8:
+        raise InputError(f"--image-size {settings.image_size} must be a multiple of 8 and ≥ 32")
+    if not 0.0 < settings.far_target < 1.0:
+        raise InputError(f"--far-target {settings.far_target} must be between 0 and 1 (exclusive)")
+    if settings.lighting not in ("none", "clahe", "match_train", "match_hist"):
+        raise InputError(f"--lighting {settings.lighting}: use none, clahe, match_train or match_hist")
+    if settings.knn_features not in KNN_FEATURES:
+        raise InputError(f"knn_features {settings.knn_features!r}: use {' or '.join(KNN_FEATURES)}")
+    if settings.fusion_ae_weight is not None and not 0.0 <= settings.fusion_ae_weight <= 1.0:
+        raise InputError(f"fusion_ae_weight {settings.fusion_ae_weight} must be in [0, 1]")
+    if settings.subspace_dim < 0:
+        raise InputError(f"subspace_dim {settings.subspace_dim} must be ≥ 0 (0: no subspace terms)")
+    if settings.calibration not in CALIBRATION_RULES:
+        raise InputError(f"--calibration {settings.calibration}: use {' or '.join(CALIBRATION_RULES)}")
+    if settings.feature_cache_images < 1 or settings.coreset_max_patches < 1:
+        raise InputError("feature_cache_images and coreset_max_patches must be ≥ 1")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device available to torch on this machine")
+    settings.resolved_iterations()
+
+
+def set_determinism(seed: int, threads: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.set_num_threads(max(1, threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)

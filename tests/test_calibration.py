@@ -1,0 +1,104 @@
+"""Threshold calibration with more good scores: leave-one-image-out scores of the training images
+against the memory bank, pooled with the hold-out, and a generalized Pareto tail for the target
+FAR (crossfit.py, calibrate.tail_threshold); both rules recorded in the bundle and evaluated.
+
+Dev-set figures (FAR/recall at both thresholds, ROC recall at the same FAR) come from
+benchmarks/model_benchmark.py (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_inspector.training.calibrate import MIN_TAIL, TAIL_FRACTION, far_threshold, tail_threshold  # noqa: E402
+from edge_inspector.training.crossfit import crossfit_unavailable, leave_one_out_scores  # noqa: E402
+from edge_inspector.training.evaluate import evaluate_bundle  # noqa: E402
+from edge_inspector.training.export import load_checkpoint  # noqa: E402
+from edge_inspector.training.knn import KnnScorer  # noqa: E402
+from edge_inspector.training.metrics import recall_at_far  # noqa: E402
+from edge_inspector.training.train import train_bundle  # noqa: E402
+from tests.test_training import SIZE, make_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def knn_bundle(tmp_path_factory):
+    # 140 good parts: 119 training images + 21 held out → 140 pooled scores, a tail of 28 ≥ MIN_TAIL
+    data = make_dataset(tmp_path_factory.mktemp("data") / "part", n_train=140, n_test=6)
+    out = tmp_path_factory.mktemp("model") / "knn"
+    torch.set_num_threads(2)
+    train_bundle(data, out, head="knn", image_size=SIZE, seed=0, progress=False, augmented_copies=0,
+                 calibration="crossfit_tail")
+    return data, out
+
+
+def test_tail_threshold_meets_the_target_far_on_fresh_scores():
+    rng = np.random.default_rng(0)
+    for draw in (rng.normal(size=500), rng.gumbel(size=500)):  # light and heavier right tails
+        calib = tail_threshold(draw, 0.01)
+        assert calib["method"] == "gpd_tail" and calib["tail"]["n"] == int(TAIL_FRACTION * 500)
+        fresh = rng.normal(size=200_000) if draw.min() < -2.5 else rng.gumbel(size=200_000)
+        assert 0.003 < float(np.mean(fresh >= calib["threshold"])) < 0.03
+
+
+def test_tail_threshold_falls_back_to_the_hold_out_rule_on_few_scores():
+    scores = np.random.default_rng(1).normal(size=int(MIN_TAIL / TAIL_FRACTION) - 1)
+    calib = tail_threshold(scores, 0.01)
+    assert calib["method"] != "gpd_tail" and calib["threshold"] == far_threshold(scores, 0.01)["threshold"]
+
+
+def test_recall_at_far_is_the_best_recall_within_the_false_alarm_budget():
+    labels = np.array([0] * 10 + [1] * 4)
+    scores = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9.5, 9, 8.5, 3, 10.0])
+    assert recall_at_far(labels, scores, 0.0) == 0.25  # above every good score: only 10.0
+    assert recall_at_far(labels, scores, 0.1) == 0.75  # one good (9.5) may alarm: cut above 8
+    assert recall_at_far(labels, scores, 0.7) == 1.0  # seven may: cut above 2
+
+
+def test_leave_one_out_scores_use_no_bank_entry_of_the_image_itself(knn_bundle):
+    _, out = knn_bundle
+    model, _ = load_checkpoint(out)
+    rng = torch.Generator().manual_seed(0)
+    channels, grid = model.feature_std.shape[1], SIZE // 8
+    z = torch.randn(4, channels, grid, grid, generator=rng)
+    # The bank is every patch of images 0 and 1: in-sample, their map is ~0 everywhere.
+    patches = (z[:2] * model.feature_std).permute(0, 2, 3, 1).reshape(-1, channels)
+    model.knn = KnnScorer(patches)
+    source = torch.arange(2).repeat_interleave(grid * grid)
+    full = [float(model.upsample_and_smooth(model.raw_grid_map(z[i : i + 1]), SIZE).amax()) for i in range(4)]
+    loo = leave_one_out_scores(model, z, source, "cpu")
+    # (in-sample ≈ 0 up to the matmul form's rounding; leave-one-out: against the other image only)
+    assert max(full[:2]) < 0.1 < 1.0 < min(loo[:2])
+    np.testing.assert_allclose(loo[2:], full[2:], rtol=1e-6)  # no own entries: nothing removed
+    assert model.knn.size == patches.shape[0]  # the model's own bank is back
+
+
+def test_knn_bundle_applies_the_tail_rule_and_records_both(knn_bundle):
+    data, out = knn_bundle
+    meta = json.loads((out / "model.json").read_text())
+    calib = meta["threshold_calibration"]
+    assert calib["rule"] == "crossfit_tail" and calib["method"] == "gpd_tail"
+    assert meta["threshold"] == round(calib["threshold"], 6)
+    tail = calib["rules"]["crossfit_tail"]
+    assert tail["n_out_of_fold"] == meta["training_set"]["n_train"] and tail["n_holdout"] == meta["training_set"]["n_holdout"]
+    assert calib["rules"]["holdout"]["method"] in ("empirical", "gaussian_tail_floor")
+    result = evaluate_bundle(out, data)
+    assert set(result["threshold_rules"]) == {"holdout", "crossfit_tail"}
+    applied = result["threshold_rules"]["crossfit_tail"]
+    assert (applied["far"], applied["recall"]) == (result["far_at_threshold"], result["recall_at_threshold"])
+    assert 0.0 <= result["roc_recall_at_far"]["far_target"] <= 1.0
+
+
+def test_holdout_rule_by_default_and_where_the_map_is_the_autoencoders(knn_bundle, tmp_path):
+    data, _ = knn_bundle
+    out = train_bundle(data, tmp_path / "knn", head="knn", image_size=SIZE, seed=0, progress=False,
+                       augmented_copies=0, export=False)
+    calib = json.loads((out / "model.json").read_text())["threshold_calibration"]
+    assert calib["rule"] == "holdout" and calib["threshold"] == calib["rules"]["holdout"]["threshold"]
+    assert "threshold" in calib["rules"]["crossfit_tail"]  # still shown
+    model, _ = load_checkpoint(tmp_path / "knn")
+    model.config.head = "ae"
+    assert "autoencoder" in crossfit_unavailable(model, torch.zeros(1))
