@@ -244,11 +244,8 @@ class CommandHandler:
         try:
             self._queue.put_nowait(request)
         except queue.Full:
-            busy = {"ok": False, "command": name, "error": f"busy: {self._queue.qsize()} commands already queued"}
             request_id = _request_id(parse_payload(request.payload)[0])
-            if request_id is not None:
-                busy["id"] = request_id
-            self._send(request, busy)
+            self._send(request, _failure(name, f"busy: {self._queue.qsize()} commands already queued", request_id))
 
     def _run(self) -> None:
         while True:
@@ -260,7 +257,7 @@ class CommandHandler:
                 response = self.execute(request.name, request.payload)
             except Exception as exc:  # noqa: BLE001 - execute() never raises; if it did, the commander still hears
                 log.exception("command_failed", command=request.name)
-                response = {"ok": False, "command": request.name, "error": f"internal error: {exc.__class__.__name__}"}
+                response = _failure(request.name, f"internal error: {exc.__class__.__name__}")
             try:
                 self._send(request, response)
             except Exception:  # noqa: BLE001 - the command thread must survive any one command
@@ -306,45 +303,35 @@ class CommandHandler:
         return response
 
     def _execute(self, name: str, payload: bytes) -> dict:
-        def fail(message: str, request_id: Optional[str] = None) -> dict:
-            out = {"ok": False, "command": name, "error": message}
-            if request_id is not None:
-                out["id"] = request_id
-            return out
-
         raw, problem = parse_payload(payload)
         request_id = _request_id(raw)
         schema = COMMANDS.get(name)
         if schema is None:
-            return fail(f"unknown command {name!r}; known: {', '.join(COMMANDS)}", request_id)
+            return _failure(name, f"unknown command {name!r}; known: {', '.join(COMMANDS)}", request_id)
         if problem is not None:
-            return fail(problem, request_id)
+            return _failure(name, problem, request_id)
         try:
             args = schema.model_validate(raw)
         except ValidationError as err:
-            return fail(validation_message(err), request_id)
+            return _failure(name, validation_message(err), request_id)
         try:
             result = getattr(self, "_cmd_" + name.replace("-", "_"))(args)
         except _CommandFailed as exc:
-            return fail(str(exc), args.id)
+            return _failure(name, str(exc), args.id)
         except Exception as exc:  # noqa: BLE001 - a failing command is a reply, not a crash
             log.exception("command_failed", command=name)
-            return fail(f"{type(exc).__name__}: {_one_line(str(exc))}", args.id)
+            return _failure(name, f"{type(exc).__name__}: {_one_line(str(exc))}", args.id)
         out = {"ok": True, "command": name, "result": result}
         if args.id is not None:
             out["id"] = args.id
         return out
 
     def _cmd_reload(self, args: ReloadArgs) -> dict:
-        ok, message = self.control.reload(None)
-        if not ok:
-            raise _CommandFailed(_one_line(message))
+        message = _granted(self.control.reload(None))
         return {"message": message}
 
     def _cmd_set_threshold(self, args: SetThresholdArgs) -> dict:
-        ok, message = self.control.set_threshold(args.value)
-        if not ok:
-            raise _CommandFailed(_one_line(message))
+        message = _granted(self.control.set_threshold(args.value))
         return {"threshold": args.value, "message": message}
 
     def _cmd_snapshot(self, args: SnapshotArgs) -> dict:
@@ -359,25 +346,27 @@ class CommandHandler:
 
     def _cmd_trigger(self, args: TriggerArgs) -> dict:
         tag = args.tag()
-        ok, message = self.control.trigger(args.count, tag) if tag is not None else self.control.trigger(args.count)
-        if not ok:
-            raise _CommandFailed(_one_line(message))
+        message = _granted(self.control.trigger(args.count, tag) if tag is not None else self.control.trigger(args.count))
         return {"count": args.count, "message": message, **_tag_fields(tag)}
 
     def _cmd_product(self, args: ProductArgs) -> dict:
-        ok, message = self.control.select_product(args.product)
-        if not ok:
-            raise _CommandFailed(_one_line(message))
+        message = _granted(self.control.select_product(args.product))
         return {"product": args.product, "message": message}
 
     def _cmd_part(self, args: PartArgs) -> dict:
         tag = args.tag()
         if tag is None and not args.clear:
             raise _CommandFailed("nothing to announce: give part_id, product, context or part_ref (or clear: true)")
-        ok, message = self.control.announce_part(tag, clear=args.clear)
-        if not ok:
-            raise _CommandFailed(_one_line(message))
+        message = _granted(self.control.announce_part(tag, clear=args.clear))
         return {"message": message, **_tag_fields(tag)}
+
+
+def _failure(name: str, message: str, request_id: Optional[str] = None) -> dict:
+    """An error reply (module docstring), with the request's ``id`` when there is one."""
+    out = {"ok": False, "command": name, "error": message}
+    if request_id is not None:
+        out["id"] = request_id
+    return out
 
 
 def _tag_fields(tag: Optional[PartTag]) -> dict:
@@ -414,6 +403,14 @@ def _request_id(raw: Optional[dict]) -> Optional[str]:
 
 class _CommandFailed(Exception):
     """The pipeline refused the command; the message is the reply's one-line error."""
+
+
+def _granted(outcome: tuple[bool, str]) -> str:
+    """A control call's ``(ok, message)`` → the message, or _CommandFailed when it was refused."""
+    ok, message = outcome
+    if not ok:
+        raise _CommandFailed(_one_line(message))
+    return message
 
 
 def encode_snapshot(image: np.ndarray, max_side: int, fmt: str, quality: int) -> dict:
