@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from edge_inspector.errors import InputError
+from edge_inspector.preprocess.quality import sampled_luma
 
 Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist"]
 
@@ -173,9 +174,7 @@ class Preprocessor:
         undoes a smooth gradient and any global monotonic change of light (gain, gamma, offset)
         up to clipping, keeps colour ratios, and leaves local structure alone."""
         img = self._level(img)
-        step = max(1, int(np.ceil(max(img.shape[:2]) / 256)))
-        sample = img[::step, ::step]
-        luma = cv2.cvtColor(np.ascontiguousarray(sample), cv2.COLOR_BGR2GRAY)
+        luma = sampled_luma(img)  # the same subsample exposure_stats took of the training images
         levels = np.linspace(0.0, 100.0, 101)
         # Each grey level's percentile position in this frame (mid-rank of its histogram bin).
         counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
