@@ -29,8 +29,7 @@ def _specular_blob(img: np.ndarray, cx: float, cy: float, radius: float, strengt
 def strong_light(img: np.ndarray) -> np.ndarray:
     """The fixed 'strong light' condition of the robustness check: gain ×1.6, gamma 0.6 and a
     specular blob (centre at 35 %/30 % of the frame, radius 12 % of the short side)."""
-    out = np.clip(img.astype(np.float32) * 1.6, 0, 255).astype(np.uint8)
-    out = _gamma(out, 0.6)
+    out = _gamma(apply_gain(img, 1.6), 0.6)
     h, w = out.shape[:2]
     return _specular_blob(out, 0.35 * w, 0.30 * h, 0.12 * min(h, w), 0.6)
 
