@@ -24,11 +24,17 @@ def _dataset(root, value: int):
         cv2.imwrite(str(bad / f"{i:03d}.png"), img)
 
 
-def test_benchmark_reports_far_recall_and_gated_frames_apart(tmp_path, monkeypatch):
-    _dataset(tmp_path / "data", 127)
-    train = {"mean": [127.0] * 3, "std": [1.0] * 3, "exposure": exposure_stats([np.full((96, 96), 127, np.uint8)])}
-    model = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.5, preprocess={"lighting": "none", "train_stats": train})
+def _dataset_and_model(tmp_path, monkeypatch, value: int, threshold: float):
+    """The dataset at grey level ``value`` and a tiny bundle trained on that level (exposure stats)."""
+    _dataset(tmp_path / "data", value)
+    train = {"mean": [float(value)] * 3, "std": [1.0] * 3, "exposure": exposure_stats([np.full((96, 96), value, np.uint8)])}
     monkeypatch.setenv("EDGE_INSPECTOR_DATASETS", str(tmp_path / "data"))
+    return make_tiny_bundle(tmp_path / "model", image_size=64, threshold=threshold,
+                            preprocess={"lighting": "none", "train_stats": train})
+
+
+def test_benchmark_reports_far_recall_and_gated_frames_apart(tmp_path, monkeypatch):
+    model = _dataset_and_model(tmp_path, monkeypatch, 127, threshold=0.5)
     out = tmp_path / "light.json"
     rc = lb.main(["--model", f"bottle={model}", "--conditions", "gain x1.2,gain x0.6,gamma 0.5,offset +30", "--threads", "1",
                   "--json", str(out), "--quiet"])
@@ -50,10 +56,7 @@ def test_benchmark_reports_far_recall_and_gated_frames_apart(tmp_path, monkeypat
 
 
 def test_gated_frames_are_never_counted_as_ok(tmp_path, monkeypatch):
-    _dataset(tmp_path / "data", 200)
-    train = {"mean": [200.0] * 3, "std": [1.0] * 3, "exposure": exposure_stats([np.full((96, 96), 200, np.uint8)])}
-    model = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.9, preprocess={"lighting": "none", "train_stats": train})
-    monkeypatch.setenv("EDGE_INSPECTOR_DATASETS", str(tmp_path / "data"))
+    model = _dataset_and_model(tmp_path, monkeypatch, 200, threshold=0.9)
     out = tmp_path / "light.json"
     assert lb.main(["--model", f"bottle={model}", "--conditions", "gain x1.4", "--threads", "1", "--json", str(out), "--quiet"]) == 0
     row = json.loads(out.read_text())["datasets"]["bottle"]["lighting"]["none"]["conditions"][1]

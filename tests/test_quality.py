@@ -3,7 +3,6 @@ and one daemon run: a saturated frame from a folder camera ends as an ERROR resu
 
 from __future__ import annotations
 
-import signal
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.preprocess.photometric import LightCondition, apply_gradient, apply_highlight
 from edge_inspector.preprocess.quality import QualityGate, exposure_stats, measure
 from edge_inspector.publish.payload import parse_plc, parse_result
-from tests.helpers.station import Subscriber, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
+from tests.helpers.station import Subscriber, run_to_end, station_config, write_config, write_parts, frame_stem
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 
@@ -160,11 +159,8 @@ def test_daemon_turns_a_saturated_frame_into_an_overexposed_error(tmp_path, mosq
                          mqtt={**station_config(tmp_path, 0, model_dir, images)["mqtt"], "port": mosquitto.port, "health_interval_s": 0.2})
     config = write_config(tmp_path / "station.yaml", cfg)
     sub = Subscriber(mosquitto.port)
-    proc = None
     try:
-        proc = start_daemon(config)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err.decode()[-2000:]
+        run_to_end(config)
         sub.wait_for(lambda: len(sub.results_by_seq()) >= 14 and len(sub.payloads("plc")) >= 14, 10, "14 results")
         results = {frame_stem(r): r for r in (parse_result(p) for p, _ in sub.raw("result"))}
         sat, black = results["part_0001a_saturated"], results["part_0002a_black"]
@@ -178,8 +174,6 @@ def test_daemon_turns_a_saturated_frame_into_an_overexposed_error(tmp_path, mosq
         assert all(o <= 1 and u <= 1 for o, u in gated), gated
     finally:
         sub.close()
-        if proc is not None and proc.poll() is None:
-            stop_daemon(proc, signal.SIGKILL)
 
 
 # -- lighting: config and bundle agree -------------------------------------------------------------

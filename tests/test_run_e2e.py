@@ -16,7 +16,7 @@ import pytest
 
 from edge_inspector.inference.bundle import load_bundle
 from edge_inspector.publish.payload import parse_plc, parse_result
-from tests.helpers.station import Subscriber, assert_retained_offline, fatal_message, run_cli, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
+from tests.helpers.station import Subscriber, assert_retained_offline, fatal_message, run_cli, run_to_end, start_daemon, station_config, stop_daemon, write_config, write_parts, frame_stem
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -36,11 +36,8 @@ def test_folder_to_broker_every_contract_field(tmp_path, mosquitto, model_dir):
     config = write_config(tmp_path / "station.yaml", cfg)
     sha = load_bundle(model_dir).sha256
     sub = Subscriber(mosquitto.port)
-    proc = None
     try:
-        proc = start_daemon(config)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err.decode()[-2000:]
+        run_to_end(config)
         sub.wait_for(lambda: len(sub.results_by_seq()) >= n and len(sub.payloads("plc")) >= n, 10, "all results")
         results = [parse_result(p) for p, _ in sub.raw("result")]
         by_seq = {r["seq"]: r for r in results}
@@ -80,8 +77,6 @@ def test_folder_to_broker_every_contract_field(tmp_path, mosquitto, model_dir):
         assert getattr(props, "MessageExpiryInterval", None) is not None  # stale PLC messages expire
     finally:
         sub.close()
-        if proc is not None and proc.poll() is None:
-            stop_daemon(proc, signal.SIGKILL)
     # the retained status says offline after a clean exit
     assert_retained_offline(mosquitto.port)
 
@@ -103,11 +98,8 @@ def test_bad_frames_become_error_verdicts_and_run_continues(tmp_path, mosquitto,
     cfg = station_config(tmp_path, mosquitto.port, model_dir, images, preprocess={"roi": [8, 4, 112, 88]})
     config = write_config(tmp_path / "station.yaml", cfg)
     sub = Subscriber(mosquitto.port)
-    proc = None
     try:
-        proc = start_daemon(config)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err.decode()[-2000:]
+        run_to_end(config)
         sub.wait_for(lambda: len(sub.results_by_seq()) >= 10, 10, "10 results")
         results = [parse_result(p) for p, _ in sub.raw("result")]
         errors = {frame_stem(r).split("_")[-1]: r for r in results if r["verdict"] == "ERROR"}
@@ -120,8 +112,6 @@ def test_bad_frames_become_error_verdicts_and_run_continues(tmp_path, mosquitto,
         assert [p["res"] for p in sub.payloads("plc")].count(3) == 4
     finally:
         sub.close()
-        if proc is not None and proc.poll() is None:
-            stop_daemon(proc, signal.SIGKILL)
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.broker import free_port
 from tests.helpers.notify_listener import NotifyListener
 from tests.helpers.station import write_parts
 
@@ -110,6 +111,9 @@ def test_install_start_upgrade_prune_rollback_uninstall(scratch):
     cfg["camera"] = {"type": "folder", "path": str(images), "fps": 20.0, "loop": True}
     cfg["model"].update(providers=["cpu"], intra_op_threads=1, warmup_runs=1)
     cfg["mqtt"] = {"host": "127.0.0.1", "port": 9, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
+    # a free port, not the per-instance default (9310 + crc32 mod 600, covered by test_preflight):
+    # that one may be taken on the host running the tests
+    cfg.setdefault("health", {})["port"] = scratch["health_port"] = free_port()
     cfg_file.write_text(yaml.safe_dump(cfg))  # keeps its mode 0640 and group edge-inspector
     (conf / f"{STATION}.env").write_text(f"PYTHONPATH={scratch['site']}\n")
     second = install(scratch, "--source", str(wheel), "--station", STATION, "--enable", "--wheelhouse", str(wheel.parent), "--keep", "2")
@@ -165,7 +169,6 @@ def test_install_start_upgrade_prune_rollback_uninstall(scratch):
 
 
 def start_unit_and_scrape(scratch) -> None:
-    from edge_inspector.instance import instance_port
     from tests.helpers.station_install import unit_invocation
 
     root = scratch["root"]
@@ -180,8 +183,7 @@ def start_unit_and_scrape(scratch) -> None:
     try:
         ready = listener.wait_for("READY", timeout_s=90)
         assert ready["READY"] == "1"
-        port = instance_port(STATION)  # per-instance default: the generated config sets no port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{scratch['health_port']}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         assert f'station="line2/st3"' in text
     finally:

@@ -50,6 +50,15 @@ def _stalled_body(health_port, proc, log, what):
     return body
 
 
+def _sent_after_stall(notify):
+    """What the daemon sends to NOTIFY_SOCKET once the stall was seen, over 1.5 s (almost four
+    WATCHDOG_USEC periods); what was sent before is drained and dropped."""
+    notify.drain(0.3)
+    notify.messages.clear()
+    notify.drain(1.5)
+    return notify.messages
+
+
 def test_hung_grab_in_hardware_trigger_mode_is_seen_everywhere(tmp_path, mosquitto, model_dir):
     health_port = free_port()
     config = _config(tmp_path, mosquitto.port, model_dir, health_port, {"mode": "hardware"})
@@ -64,11 +73,9 @@ def test_hung_grab_in_hardware_trigger_mode_is_seen_everywhere(tmp_path, mosquit
         wait_until(lambda: any(h.get("liveness", {}).get("stalled") == ["acquisition"] for h in sub.payloads("health")),
                    5, "P/health reporting the stalled acquisition", proc, log)
         # the watchdog stops being fed: no WATCHDOG=1 any more, a STALLED status instead
-        notify.drain(0.3)  # what was sent before the stall was seen
-        notify.messages.clear()
-        notify.drain(1.5)
-        assert not any("WATCHDOG" in m for m in notify.messages), notify.messages
-        assert any(m.get("STATUS", "").startswith("STALLED: acquisition") for m in notify.messages), notify.messages
+        messages = _sent_after_stall(notify)
+        assert not any("WATCHDOG" in m for m in messages), messages
+        assert any(m.get("STATUS", "").startswith("STALLED: acquisition") for m in messages), messages
         assert len(sub.results_by_seq()) == 4  # the frames grabbed before the hang, nothing invented
         assert_contiguous(sub.results_by_seq())
     finally:
@@ -108,10 +115,8 @@ def test_hung_supervisor_loop_is_stalled_on_healthz_and_starves_the_watchdog(tmp
     try:
         body = _stalled_body(health_port, proc, log, "the supervisor loop hung")
         assert body["status"] == "stalled" and body["stalled"] == ["supervisor"], body
-        notify.drain(0.3)
-        notify.messages.clear()
-        notify.drain(1.5)
-        assert not any("WATCHDOG" in m for m in notify.messages), notify.messages
+        messages = _sent_after_stall(notify)
+        assert not any("WATCHDOG" in m for m in messages), messages
         # the stages go on inspecting meanwhile: results still reach the MES
         before = len(sub.results_by_seq())
         wait_until(lambda: len(sub.results_by_seq()) > before, 10, "results while the loop hangs", proc, log)

@@ -88,6 +88,18 @@ def start_daemon(config: Path, *extra: str, log_path: Optional[Path] = None) -> 
     )
 
 
+def run_to_end(config: Path, *extra: str, timeout: float = 60) -> None:
+    """``edge-inspector run`` over a folder camera that does not loop: it stops after the last
+    frame and must exit 0 (else its stderr's tail); killed if it does not end in ``timeout``."""
+    proc = start_daemon(config, *extra)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            stop_daemon(proc, signal.SIGKILL)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
