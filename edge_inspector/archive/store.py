@@ -456,15 +456,20 @@ def _write_png(path: Path, image: np.ndarray) -> int:
     ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:
         raise ValueError(f"cannot encode image of shape {getattr(image, 'shape', None)} as PNG")
+    atomic_write(path, buf.tobytes())
+    return len(buf)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp name + rename: a reader (reviewer, training) never opens half a file."""
     tmp = path.with_name(f".{path.name}{_TMP_SUFFIX}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(buf.tobytes())
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half files behind
         raise
-    return len(buf)
 
 
 def render_overlay(

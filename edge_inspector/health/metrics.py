@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edge_inspector import __version__
-from edge_inspector.observer import PipelineObserver
+from edge_inspector.observer import PipelineObserver, find_observer
 from edge_inspector.threads import restart_counts
 
 NAMESPACE = "edge_inspector"
@@ -190,10 +190,7 @@ class _CallableCollector(Collector):
 def find_metrics(supervisor: Any) -> Optional[MetricsObserver]:
     """The MetricsObserver already registered with the supervisor (other ops components add
     their own counters to it), or None when health is disabled."""
-    for observer in getattr(getattr(supervisor, "observer", None), "observers", ()):
-        if isinstance(observer, MetricsObserver):
-            return observer
-    return None
+    return find_observer(supervisor, MetricsObserver)
 
 
 def create_ops_component(supervisor: Any) -> Optional[MetricsObserver]:

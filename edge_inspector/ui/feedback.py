@@ -13,12 +13,11 @@ Layout under ``ui.feedback_path`` (MVTec AD's, so the folder is also an evaluati
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge_inspector.archive.store import safe_name
+from edge_inspector.archive.store import atomic_write, safe_name
 from edge_inspector.errors import InputError
 
 SCHEMA = "edge-inspector.feedback/1"
@@ -78,18 +77,6 @@ def write_feedback(root: Path, card: Any, request: Mapping[str, Any], station: s
         "model": card.model,
         "image": image.name,
     }
-    _atomic_write(image, card.original_png)
-    _atomic_write(image.with_suffix(".json"), (json.dumps(record, indent=1) + "\n").encode())
+    atomic_write(image, card.original_png)
+    atomic_write(image.with_suffix(".json"), (json.dumps(record, indent=1) + "\n").encode())
     return image
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp name + rename: training never reads half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
