@@ -46,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.model_benchmark import DATASETS, datasets_root  # noqa: E402
 from edge_inspector.config.models import QualityConfig  # noqa: E402
 from edge_inspector.datasets import list_test_items  # noqa: E402
 from edge_inspector.imageio import read_image  # noqa: E402
@@ -55,18 +56,9 @@ from edge_inspector.preprocess.core import Preprocessor, to_bgr_uint8  # noqa: E
 from edge_inspector.preprocess.photometric import LightCondition  # noqa: E402
 from edge_inspector.preprocess.quality import QualityGate  # noqa: E402
 
-DATASETS = {
-    "bottle": ("mvtec_ad", "bottle"),
-    "tire": ("mvtec_3d_ad", "tire"),
-    "kolektorsdd": ("kolektorsdd",),
-}
 PAPER_FAR = 0.086  # the paper's false-alarm rate under strong light
 SEED = 9
 BATCH = 8
-
-
-def datasets_root() -> Path:
-    return Path(os.environ.get("EDGE_INSPECTOR_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
 def conditions(seed: int = SEED) -> list[LightCondition]:

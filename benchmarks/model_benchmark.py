@@ -99,7 +99,7 @@ def remeasure(json_path: Path, runs: int, threads: int) -> dict:
 def reuse_autoencoder(model_dir: Path):
     """(Components with the trained MDAAE and its curve, feature mean, feature std) from a bundle."""
     from edge_inspector.training.export import load_checkpoint
-    from edge_inspector.training.train import Components
+    from edge_inspector.training.components import Components
 
     model, meta = load_checkpoint(model_dir)
     curve = json.loads((model_dir / "training_curve.json").read_text())
@@ -125,12 +125,15 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
 
     from edge_inspector.training.backbone import DEFAULT_TAPS, FeatureExtractor
     from edge_inspector.training.evaluate import evaluate_bundle
-    from edge_inspector.training.train import TrainSettings, _set_determinism, assemble, fit_components, prepare_data
+    from edge_inspector.training.assemble import assemble
+    from edge_inspector.training.components import fit_components
+    from edge_inspector.training.features import prepare_data
+    from edge_inspector.training.settings import TrainSettings, set_determinism
 
     settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size, seed=args.seed,
                              progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight,
                              knn_features=args.knn_features)
-    _set_determinism(settings.seed, settings.threads)
+    set_determinism(settings.seed, settings.threads)
     t0 = time.perf_counter()
     # Reusing trained autoencoders: the augmented copies were only needed to train them.
     data_settings = TrainSettings(**{**settings.__dict__, "augmented_copies": 0}) if args.reuse else settings

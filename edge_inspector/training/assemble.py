@@ -79,20 +79,21 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     scale = max(scale, 0.05 * abs(offset), 1e-6)
     model.score_offset.fill_(offset)
     model.score_scale.fill_(scale)
+    hold_scores = (raw_hold - offset) / scale
+    curve = parts.curve if head in AE_HEADS else []
     calibration = threshold_rules(model, data.z_clean, parts.bank_source if head in KNN_HEADS else None,
-                                  (raw_hold - offset) / scale, offset, scale, settings.calibration, settings.far_target,
+                                  hold_scores, offset, scale, settings.calibration, settings.far_target,
                                   device, hold_is_train=bool(np.array_equal(data.hold_idx, data.train_idx)))
     threshold_f1 = _validation_threshold(model, data.preprocessor, settings, device) if settings.validation else None
     timing = {**data.timing, **parts.timing, "calibration_s": round(time.perf_counter() - started, 2)}
     head_settings = TrainSettings(**{**settings.__dict__, "head": head})
     meta = build_meta(model, head_settings, name or f"{head}", data.paths, int(data.train_idx.size), int(data.hold_idx.size),
                       data.train_stats, calibration, threshold_f1, score_stats,
-                      parts.curve if head in AE_HEADS else [], timing,
-                      drift=drift_reference((raw_hold - offset) / scale, data.image_stats), n_extra_good=data.n_extra_good)
+                      curve, timing,
+                      drift=drift_reference(hold_scores, data.image_stats), n_extra_good=data.n_extra_good)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu()
     save_checkpoint(model, meta, out_dir / CHECKPOINT_NAME)
-    curve = parts.curve if head in AE_HEADS else []
     (out_dir / CURVE_NAME).write_text(json.dumps({"head": head, "gan": parts.used_gan and head in GAN_HEADS,
                                                    "points": curve}, indent=1), encoding="utf-8")
     if settings.export:

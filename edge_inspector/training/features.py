@@ -64,13 +64,6 @@ class ChannelStats:
         return {"mean": [round(float(v), 4) for v in mean], "std": [round(float(v), 4) for v in std]}
 
 
-def bgr_channel_stats(images: list[np.ndarray]) -> dict:
-    stats = ChannelStats()
-    for img in images:
-        stats.add(to_bgr_uint8(img))
-    return stats.result()
-
-
 @dataclass
 class TrainingData:
     """Everything later stages need from the dataset, computed once (shared across heads)."""
@@ -92,8 +85,6 @@ class TrainingData:
 
 
 def _reduce_for_augmentation(image: np.ndarray, limit: int) -> np.ndarray:
-    import cv2
-
     h, w = image.shape[:2]
     factor = limit / max(h, w)
     if factor >= 1.0:

@@ -35,19 +35,17 @@ from typing import Optional
 from edge_inspector.errors import InputError
 from edge_inspector.logging import get_logger
 from edge_inspector.training.ae_loop import train_autoencoder
-from edge_inspector.training.assemble import CURVE_NAME, assemble
+from edge_inspector.training.assemble import assemble
 from edge_inspector.training.backbone import DEFAULT_TAPS, FeatureExtractor
-from edge_inspector.training.components import Components, fit_components
-from edge_inspector.training.features import TrainingData, prepare_data
+from edge_inspector.training.components import fit_components
+from edge_inspector.training.features import prepare_data
 from edge_inspector.training.scoring import AE_HEADS, GAN_HEADS, KNN_HEADS
 from edge_inspector.training.settings import TrainSettings, check_settings, set_determinism
 
 log = get_logger(__name__)
 
-# Names other code imports from here (benchmarks, tests, the demo) stay importable from here.
-_set_determinism = set_determinism
-__all__ = ["CURVE_NAME", "Components", "TrainSettings", "TrainingData", "assemble", "cli_train", "fit",
-           "fit_components", "prepare_data", "train_autoencoder", "train_bundle"]
+# TrainSettings and train_autoencoder are imported from here by the tests.
+__all__ = ["TrainSettings", "cli_train", "fit", "train_autoencoder", "train_bundle"]
 
 
 def train_bundle(
