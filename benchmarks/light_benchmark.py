@@ -196,7 +196,7 @@ def bench_dataset(name: str, model_dir: Path, data_dir: Path, lightings: list[st
     }
     for lighting in lightings:
         actual = recorded if lighting == "bundle" else lighting
-        pre = Preprocessor(bundle.image_size, lighting=actual, train_stats=bundle.train_stats)
+        pre = Preprocessor(bundle.input_shape, lighting=actual, train_stats=bundle.train_stats)
         rows = []
         for cond in grid:
             t0 = time.perf_counter()

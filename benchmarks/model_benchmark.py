@@ -130,7 +130,8 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
     from edge_inspector.training.features import prepare_data
     from edge_inspector.training.settings import TrainSettings, set_determinism
 
-    settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size, seed=args.seed,
+    settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size,
+                             geometry=args.geometry, seed=args.seed,
                              progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight,
                              knn_features=args.knn_features)
     set_determinism(settings.seed, settings.threads)
@@ -213,7 +214,8 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         "n_train": int(data.train_idx.size),
         "n_holdout": int(data.hold_idx.size),
     }
-    return {"timing": timing, "heads": results}
+    shape = [data.preprocessor.input_h, data.preprocessor.input_w]
+    return {"input_shape": shape, "timing": timing, "heads": results}
 
 
 def main(argv=None) -> int:
@@ -222,6 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--heads", nargs="+", default=list(HEAD_ORDER), choices=list(HEAD_ORDER))
     p.add_argument("--iterations", type=int, default=None, help="AE iterations (default: the train default)")
     p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--geometry", default="keep_aspect", choices=["keep_aspect", "square"],
+                   help="model input shape, as train --geometry")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bench-runs", type=int, default=100)
@@ -256,7 +260,7 @@ def main(argv=None) -> int:
     work_ctx = tempfile.TemporaryDirectory() if args.workdir is None else None
     work = Path(args.workdir) if args.workdir else Path(work_ctx.name)
     started = time.perf_counter()
-    report = {"image_size": args.image_size, "seed": args.seed, "iterations": args.iterations, "threads": args.threads,
+    report = {"image_size": args.image_size, "geometry": args.geometry, "seed": args.seed, "iterations": args.iterations, "threads": args.threads,
               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]), "datasets": {}}
     for name in args.datasets:
         data_dir = datasets_root().joinpath(*DATASETS[name])

@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="MODEL_DIR to write")
     t.add_argument("--head", choices=["default", "aegan", "ae", "knn"], default="default")
     t.add_argument("--iterations", type=int, default=None, help="training iterations (default depends on head)")
-    t.add_argument("--image-size", type=int, default=256)
+    t.add_argument("--image-size", type=int, default=256,
+                   help="model input size budget: about SIZE² pixels (the input side when --geometry square)")
+    t.add_argument("--geometry", choices=["keep_aspect", "square"], default="keep_aspect",
+                   help="model input shape: the training frames' aspect ratio (default) or SIZE×SIZE")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     t.add_argument("--far-target", type=float, default=0.01, help="target false-alarm rate for the threshold (default 1%%)")

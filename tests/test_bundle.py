@@ -68,3 +68,25 @@ def test_broken_bundles(tmp_path, breakage, fragment):
     msg = str(exc.value)
     assert fragment in msg and "\n" not in msg
     assert exc.value.exit_code == 2
+
+
+def test_a_bundle_without_input_shape_is_square(tmp_path):
+    # every bundle written before keep-aspect models: the input is image_size × image_size
+    assert load_bundle(make_tiny_bundle(tmp_path / "m", image_size=48)).input_shape == (48, 48)
+
+
+def test_a_keep_aspect_bundle_reports_its_input_shape(tmp_path):
+    b = load_bundle(make_tiny_bundle(tmp_path / "m", image_size=64, input_shape=(96, 32)))
+    assert b.input_shape == (96, 32) and b.image_size == 64
+
+
+@pytest.mark.parametrize("shape", [[96], [96, 32, 3], [96, "32"], [96, 16], [96, 5000], [96, True], "96x32"])
+def test_a_bad_input_shape_is_a_one_line_error(tmp_path, shape):
+    d = make_tiny_bundle(tmp_path / "m", image_size=64, input_shape=(96, 32))
+    meta = json.loads((d / "model.json").read_text())
+    meta["input_shape"] = shape
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelBundleError) as exc:
+        load_bundle(d)
+    msg = str(exc.value)
+    assert "input_shape" in msg and str(d / "model.json") in msg and "\n" not in msg

@@ -96,3 +96,24 @@ def test_missing_output_name_is_bundle_error(tmp_path):
     d = make_tiny_bundle(tmp_path / "m", image_size=S, outputs={"map": "heat", "score": "score"})
     with pytest.raises(ModelBundleError, match="heat"):
         OnnxEngine.from_bundle(load_bundle(d))
+
+
+def test_a_keep_aspect_bundle_takes_and_returns_its_height_and_width(tmp_path):
+    eng = OnnxEngine.from_bundle(load_bundle(make_tiny_bundle(tmp_path / "m", image_size=S, input_shape=(64, 32))),
+                                 intra_op_threads=1)
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 32)).astype(np.float32)
+    maps, scores = eng.infer(x)
+    assert maps.shape == (2, 64, 32)
+    np.testing.assert_allclose(maps, np.abs(x).mean(axis=1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="N×3×64×32"):
+        eng.infer(np.zeros((1, 3, 32, 64), np.float32))  # transposed: height and width are not interchangeable
+    eng.warm_up(1)
+
+
+def test_input_shape_that_disagrees_with_the_onnx_graph_is_bundle_error(tmp_path):
+    d = make_tiny_bundle(tmp_path / "m", image_size=S, input_shape=(64, 32))
+    meta = json.loads((d / "model.json").read_text())
+    meta["input_shape"] = [32, 64]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelBundleError, match=r"expected \[N, 3, 32, 64\]"):
+        OnnxEngine.from_bundle(load_bundle(d))

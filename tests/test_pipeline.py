@@ -499,3 +499,22 @@ def test_reload_applies_threshold_roi_lighting_postprocess_archive_without_reope
         t.join(20)
     ids = [v.frame_id for v in sup.publisher.verdicts]
     assert ids == [f"f{i}" for i in range(len(ids))]  # nothing lost or repeated across the reload
+
+
+def test_a_keep_aspect_model_finds_the_defect_where_it_is_in_a_tall_frame(tmp_path):
+    # a 128×32 input (height×width) for 480×120 frames: the verdict must place the defect in frame
+    # pixels with each axis's own scale
+    model = make_tiny_bundle(tmp_path / "tall", image_size=64, threshold=0.5, input_shape=(128, 32))
+    frame = grey(shape=(480, 120))
+    frame[300:330, 40:80] = 255  # 40 wide × 30 high, at x 40, y 300
+    sup = make_supervisor(tmp_path, model, ListSource([frame, grey(shape=(480, 120))]), NumpyEngine(),
+                          camera={"expect": {"min_width": 16, "min_height": 16}})
+    assert run_to_end(sup) == 0
+    bad, good = sup.publisher.verdicts
+    assert (bad.verdict, good.verdict) == ("NG", "OK")
+    (defect,) = bad.defects
+    # within one map pixel (3.75 frame pixels on each axis) of the true box and centre
+    x, y, w, h = defect.bbox
+    assert abs(x - 40) <= 4 and abs(y - 300) <= 4 and abs(w - 40) <= 8 and abs(h - 30) <= 8
+    cx, cy = defect.centroid
+    assert abs(cx - 59.5) <= 4 and abs(cy - 314.5) <= 4

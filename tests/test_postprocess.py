@@ -9,7 +9,7 @@ from edge_inspector.preprocess.core import Geometry, Preprocessor
 
 
 def identity_geometry(size=64):
-    return Geometry(orig_h=size, orig_w=size, roi_x=0, roi_y=0, roi_w=size, roi_h=size, size=size)
+    return Geometry(orig_h=size, orig_w=size, roi_x=0, roi_y=0, roi_w=size, roi_h=size, input_h=size, input_w=size)
 
 
 def test_single_blob_identity_geometry():
@@ -26,7 +26,7 @@ def test_single_blob_identity_geometry():
 
 def test_roi_offset_and_scale_map_back_to_original_pixels():
     # ROI 128×64 at (100, 40) of a 300×200 frame, resized to 64×64: sx = 2, sy = 1.
-    geom = Geometry(orig_h=200, orig_w=300, roi_x=100, roi_y=40, roi_w=128, roi_h=64, size=64)
+    geom = Geometry(orig_h=200, orig_w=300, roi_x=100, roi_y=40, roi_w=128, roi_h=64, input_h=64, input_w=64)
     amap = np.zeros((64, 64), np.float32)
     amap[5:9, 10:13] = 1.0  # model pixels x 10..12, y 5..8
     d = find_defects(amap, geom, RegionSettings(threshold=0.5, min_defect_area_px=1))
@@ -52,7 +52,7 @@ def test_geometry_from_real_preprocessor_roundtrip():
 
 
 def test_min_area_is_in_original_pixels():
-    geom = Geometry(orig_h=256, orig_w=256, roi_x=0, roi_y=0, roi_w=256, roi_h=256, size=64)  # 4×4 per map px
+    geom = Geometry(orig_h=256, orig_w=256, roi_x=0, roi_y=0, roi_w=256, roi_h=256, input_h=64, input_w=64)  # 4×4 per map px
     amap = np.zeros((64, 64), np.float32)
     amap[3, 3] = 1.0  # one map pixel = 16 original pixels
     assert len(find_defects(amap, geom, RegionSettings(threshold=0.5, min_defect_area_px=16))) == 1
@@ -80,7 +80,7 @@ def test_diagonal_pixels_join_one_region():
 
 
 def test_map_of_other_size_than_model_input_uses_map_scale():
-    geom = Geometry(orig_h=128, orig_w=128, roi_x=0, roi_y=0, roi_w=128, roi_h=128, size=64)
+    geom = Geometry(orig_h=128, orig_w=128, roi_x=0, roi_y=0, roi_w=128, roi_h=128, input_h=64, input_w=64)
     amap = np.zeros((32, 32), np.float32)  # a model that outputs a quarter-size map
     amap[0, 0] = 1.0
     d = find_defects(amap, geom, RegionSettings(threshold=0.5, min_defect_area_px=1))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edge_inspector.errors import InputError
-from edge_inspector.preprocess import Preprocessor, random_photometric, strong_light
+from edge_inspector.preprocess import Preprocessor, aspect_input_shape, random_photometric, strong_light
 
 
 def test_grey_and_colour_give_same_shape():
@@ -21,6 +21,32 @@ def test_roi_geometry_maps_back():
     _, g = p.prepare(np.zeros((200, 300, 3), np.uint8))
     assert g.map_to_original(0, 0) == (10, 20)
     assert g.map_to_original(64, 64) == (138, 84)
+
+
+@pytest.mark.parametrize("frame, size, expected", [
+    ((900, 900), 256, (256, 256)),  # square frames: exactly what square models had
+    ((100, 100), 256, (256, 256)),  # small square frames too
+    ((384, 288), 256, (352, 256)),  # MVTec 3D-AD tire: short side 256 as before, long side not squashed
+    ((384, 152), 256, (384, 160)),  # kolektorsdd strips: native, not upsampled 1.7× across
+    ((200, 100), 256, (256, 128)),  # upsampled only until the long side has 256
+    ((1200, 1920), 256, (256, 416)),  # a landscape camera frame
+    ((4000, 100), 256, (1024, 32)),  # a line-scan strip: long side capped at 4·256
+])
+def test_keep_aspect_input_shape(frame, size, expected):
+    shape = aspect_input_shape(*frame, size)
+    assert shape == expected and all(v % 32 == 0 for v in shape)
+
+
+def test_keep_aspect_input_is_height_by_width_and_maps_back():
+    p = Preprocessor((96, 32), roi=(10, 20, 60, 180))
+    frame = np.zeros((300, 100, 3), np.uint8)
+    frame[20 + 90, 10 + 30] = 255  # ROI centre
+    x, g = p.prepare(frame)
+    assert x.shape == (3, 96, 32)
+    assert (g.scale_x, g.scale_y) == (60 / 32, 180 / 96)
+    assert g.map_to_original(16, 48) == (40.0, 110.0)
+    y, xx = np.unravel_index(int(np.argmax(x[0])), x[0].shape)
+    assert abs(y - 48) <= 1 and abs(xx - 16) <= 1
 
 
 def test_bad_frames_raise_input_error():

@@ -124,6 +124,56 @@ def test_defective_parts_score_above_good_parts(default_bundle, synthetic):
     assert (bad >= threshold).all()
 
 
+def make_tall_dataset(root: Path, n_train: int = 12, n_test: int = 4, seed: int = 1) -> Path:
+    """Parts twice as high as wide (160×80): two discs stacked, the defect on one of them."""
+    rng = np.random.default_rng(seed)
+    (root / "ground_truth" / "hole").mkdir(parents=True)
+    for kind, n in (("train/good", n_train), ("test/good", n_test), ("test/hole", n_test)):
+        (root / kind).mkdir(parents=True)
+        for i in range(n):
+            halves = [make_part(rng), make_part(rng, defect=kind == "test/hole")]
+            part = np.vstack(halves[:: 1 if i % 2 else -1])
+            cv2.imwrite(str(root / kind / f"{i:03d}.png"), part)
+            if kind == "test/hole":  # the defect is the only near-black paint
+                mask = (part.max(axis=2) < 40).astype(np.uint8) * 255
+                cv2.imwrite(str(root / "ground_truth" / "hole" / f"{i:03d}_mask.png"), mask)
+    return root
+
+
+def test_a_tall_part_trains_a_model_with_the_parts_aspect(tmp_path, capsys):
+    data = make_tall_dataset(tmp_path / "tall")
+    torch.set_num_threads(2)
+    out = train_bundle(data, tmp_path / "m", head="default", iterations=20, image_size=SIZE, progress=False,
+                       augmented_copies=1, curve_points=2)
+    bundle = load_bundle(out)
+    # 160×80 frames: short side 64 as a square model had, the long side in proportion → 128 × 64
+    assert bundle.input_shape == (128, 64) and bundle.meta["input_shape"] == [128, 64]
+    assert bundle.meta["preprocess"]["train_stats"]["frame_size"] == [160, 80]
+    assert bundle.meta["export"]["parity"]["passed"] is True
+    import onnx
+
+    dims = [d.dim_value for d in onnx.load(str(bundle.onnx_path)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 128, 64]
+    assert main(["evaluate", "--model", str(out), "--data", str(data), "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["model"]["input_shape"] == [128, 64]
+    assert result["image_auroc"] >= 0.9 and result["pixel_auroc"] >= 0.8
+
+
+def test_geometry_square_keeps_the_square_input(tmp_path):
+    data = make_tall_dataset(tmp_path / "tall", n_train=8, n_test=1)
+    out = train_bundle(data, tmp_path / "m", head="knn", image_size=SIZE, progress=False, augmented_copies=0,
+                       geometry="square")
+    assert load_bundle(out).input_shape == (SIZE, SIZE)
+
+
+def test_an_unknown_geometry_is_named(synthetic, tmp_path):
+    from edge_inspector.errors import InputError
+
+    with pytest.raises(InputError, match="--geometry round: use keep_aspect or square"):
+        train_bundle(synthetic, tmp_path / "m", head="knn", image_size=SIZE, progress=False, geometry="round")
+
+
 def test_export_cli_writes_onnx_and_reports_parity(default_bundle, tmp_path, capsys):
     out = tmp_path / "exported.onnx"
     assert main(["export", "--model", str(default_bundle), "--out", str(out)]) == 0
@@ -393,7 +443,7 @@ class _StubTerms:
         return grid
 
     def upsample_and_smooth(self, grid, size):
-        return torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
+        return torch.nn.functional.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 @pytest.mark.parametrize("informative, expected", [("knn", {"knn": 1.0}), ("sub", {"sub": 1.0})])

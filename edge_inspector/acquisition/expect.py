@@ -40,15 +40,15 @@ class FrameExpectation:
     derived: bool  # True when any size came from the model input size (said in the error)
 
     @classmethod
-    def from_config(cls, cfg: FrameExpectConfig, model_input_size: int) -> "FrameExpectation":
-        low = math.ceil(model_input_size / MIN_SIDE_FRACTION)
-        high = MAX_SIDE_FACTOR * model_input_size
+    def from_config(cls, cfg: FrameExpectConfig, model_input_size: "int | tuple[int, int]") -> "FrameExpectation":
+        """``model_input_size``: the model input side, or its (height, width)."""
+        h, w = (model_input_size, model_input_size) if isinstance(model_input_size, int) else model_input_size
         sizes = (cfg.min_width, cfg.max_width, cfg.min_height, cfg.max_height)
         return cls(
-            min_width=cfg.min_width or low,
-            max_width=cfg.max_width or high,
-            min_height=cfg.min_height or low,
-            max_height=cfg.max_height or high,
+            min_width=cfg.min_width or math.ceil(w / MIN_SIDE_FRACTION),
+            max_width=cfg.max_width or MAX_SIDE_FACTOR * w,
+            min_height=cfg.min_height or math.ceil(h / MIN_SIDE_FRACTION),
+            max_height=cfg.max_height or MAX_SIDE_FACTOR * h,
             max_pixels=max_pixels(cfg),
             channels=tuple(cfg.channels),
             derived=any(v is None for v in sizes),

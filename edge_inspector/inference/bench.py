@@ -59,9 +59,9 @@ def _proc_status_mb(field: str) -> Optional[float]:
 def _inputs(bundle, n: int, seed: int = 0) -> list[np.ndarray]:
     """Random frames through the runtime preprocessing (lighting 'none': the bench times the model)."""
     rng = np.random.default_rng(seed)
-    pre = Preprocessor(bundle.image_size)
-    s = bundle.image_size
-    return [pre.prepare(rng.integers(0, 256, size=(s, s, 3), dtype=np.uint8))[0] for _ in range(n)]
+    pre = Preprocessor(bundle.input_shape)
+    h, w = bundle.input_shape
+    return [pre.prepare(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))[0] for _ in range(n)]
 
 
 def bench_bundle(model_dir: str | Path, runs: int = 200, threads: int = 0, providers=None) -> dict:
@@ -93,6 +93,7 @@ def bench_bundle(model_dir: str | Path, runs: int = 200, threads: int = 0, provi
         "batch_size": 1,
         "threads": int(threads) or "auto",
         "image_size": bundle.image_size,
+        "input_shape": list(bundle.input_shape),
         "model": {"name": bundle.name, "head": bundle.head, "sha256": bundle.sha256},
         "torch_imported": "torch" in sys.modules,
     }

@@ -6,7 +6,8 @@ model.json keys (written by training/export.py, read here and by the runtime):
   name                human name, e.g. "bottle-default"
   head                "default" | "aegan" | "ae" | "knn"
   backbone            e.g. "efficientnet-lite0"
-  image_size          model input is image_size × image_size
+  image_size          the training size budget S; the model input is S × S unless input_shape says otherwise
+  input_shape         optional [height, width] of the model input (keep-aspect models; absent = [S, S])
   input               {"name": "image", "layout": "NCHW", "channels": "RGB",
                        "normalisation": {"kind": "tf", "mean": 127.0, "std": 128.0}}
   outputs             {"map": "anomaly_map", "score": "score"}  (map N×1×S×S or N×S×S, score N)
@@ -80,6 +81,12 @@ class ModelBundle:
         return int(self.meta["image_size"])
 
     @property
+    def input_shape(self) -> tuple[int, int]:
+        """Model input (height, width)."""
+        shape = self.meta.get("input_shape")
+        return (int(shape[0]), int(shape[1])) if shape is not None else (self.image_size, self.image_size)
+
+    @property
     def threshold(self) -> float:
         return float(self.meta["threshold"])
 
@@ -123,6 +130,11 @@ def validate_meta(meta: Any, where: str) -> dict:
         raise ModelBundleError(f"{where}: threshold must be a finite number, got {json.dumps(threshold)}")
     if not 32 <= size <= 4096:
         raise ModelBundleError(f"{where}: image_size {size} out of range 32..4096")
+    shape = meta.get("input_shape")
+    if shape is not None:
+        ok = isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+        if not ok or not all(32 <= v <= 4096 for v in shape):
+            raise ModelBundleError(f"{where}: input_shape must be [height, width], each 32..4096, got {json.dumps(shape)}")
     return meta
 
 

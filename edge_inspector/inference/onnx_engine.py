@@ -23,6 +23,7 @@ from edge_inspector.errors import InputError, ModelBundleError
 from edge_inspector.inference.base import Engine
 from edge_inspector.inference.bundle import METADATA_KEY, ModelBundle, load_bundle
 from edge_inspector.logging import get_logger
+from edge_inspector.preprocess.core import input_shape
 
 log = get_logger(__name__)
 
@@ -81,7 +82,7 @@ def _provider_entry(name: str, bundle: ModelBundle):
             cache = _trt_cache_dir(bundle)
         except OSError:
             return name
-        s, inp = bundle.image_size, bundle.input_name
+        (h, w), inp = bundle.input_shape, bundle.input_name
         # One optimisation profile for batch 1..8 (stations run batch 1; evaluate batches up to 8),
         # so a new batch size does not trigger an engine rebuild. FP32: the threshold was
         # calibrated on FP32 scores.
@@ -92,21 +93,21 @@ def _provider_entry(name: str, bundle: ModelBundle):
                 "trt_engine_cache_path": cache,
                 "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": cache,
-                "trt_profile_min_shapes": f"{inp}:1x3x{s}x{s}",
-                "trt_profile_opt_shapes": f"{inp}:1x3x{s}x{s}",
-                "trt_profile_max_shapes": f"{inp}:8x3x{s}x{s}",
+                "trt_profile_min_shapes": f"{inp}:1x3x{h}x{w}",
+                "trt_profile_opt_shapes": f"{inp}:1x3x{h}x{w}",
+                "trt_profile_max_shapes": f"{inp}:8x3x{h}x{w}",
             },
         )
     return name
 
 
 class OnnxEngine(Engine):
-    """``infer(batch N×3×S×S float32) → (maps N×S×S float32, scores N float32)``."""
+    """``infer(batch N×3×H×W float32) → (maps N×H×W float32, scores N float32)``."""
 
     def __init__(self, session, bundle: ModelBundle, provider_notes: list[str] | None = None) -> None:
         self.session = session
         self.bundle = bundle
-        self.image_size = bundle.image_size
+        self.input_h, self.input_w = bundle.input_shape
         self.input_name = bundle.input_name
         self.map_name, self.score_name = bundle.output_names
         active = session.get_providers()
@@ -193,12 +194,12 @@ class OnnxEngine(Engine):
             raise ModelBundleError(f"{path}: model lacks output(s) {', '.join(missing)} named in model.json")
         shape = inputs[self.input_name].shape
         if len(shape) != 4:
-            raise ModelBundleError(f"{path}: input '{self.input_name}' has rank {len(shape)}, expected N×3×S×S")
-        s = self.image_size
+            raise ModelBundleError(f"{path}: input '{self.input_name}' has rank {len(shape)}, expected N×3×H×W")
+        h, w = self.input_h, self.input_w
         static = [d for d in shape[1:] if isinstance(d, int)]
-        if len(static) == 3 and tuple(shape[1:]) != (3, s, s):
+        if len(static) == 3 and tuple(shape[1:]) != (3, h, w):
             raise ModelBundleError(
-                f"{path}: input shape {list(shape)} does not match model.json image_size {s} (expected [N, 3, {s}, {s}])"
+                f"{path}: input shape {list(shape)} does not match model.json image_size/input_shape (expected [N, 3, {h}, {w}])"
             )
         meta_json = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if meta_json:
@@ -206,20 +207,22 @@ class OnnxEngine(Engine):
                 embedded = json.loads(meta_json)
             except json.JSONDecodeError:
                 embedded = None
-            if isinstance(embedded, dict) and "image_size" in embedded and int(embedded["image_size"]) != s:
-                raise ModelBundleError(
-                    f"{path}: embedded metadata says image_size {embedded['image_size']}, model.json says {s}"
-                )
+            if isinstance(embedded, dict) and "image_size" in embedded:
+                said = list(input_shape(embedded.get("input_shape") or int(embedded["image_size"])))
+                if said != [h, w]:
+                    raise ModelBundleError(
+                        f"{path}: embedded metadata says the input is {said[0]}×{said[1]} (height×width), model.json says {h}×{w}"
+                    )
 
     # -- running -----------------------------------------------------------------------------
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
-        s = self.image_size
+        h, w = self.input_h, self.input_w
         if not isinstance(batch, np.ndarray):
             raise InputError(f"inference input must be a numpy array, got {type(batch).__name__}")
         if batch.dtype != np.float32:
             raise InputError(f"inference input must be float32, got {batch.dtype}")
-        if batch.ndim != 4 or batch.shape[0] < 1 or batch.shape[1:] != (3, s, s):
-            raise InputError(f"inference input must be N×3×{s}×{s}, got {'×'.join(map(str, batch.shape))}")
+        if batch.ndim != 4 or batch.shape[0] < 1 or batch.shape[1:] != (3, h, w):
+            raise InputError(f"inference input must be N×3×{h}×{w}, got {'×'.join(map(str, batch.shape))}")
         return np.ascontiguousarray(batch)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -230,14 +233,14 @@ class OnnxEngine(Engine):
             maps = maps[:, 0]
         if maps.ndim != 3 or maps.shape[0] != x.shape[0]:
             raise ModelBundleError(
-                f"{self.bundle.onnx_path}: output '{self.map_name}' has shape {list(maps.shape)}, expected N×1×S×S or N×S×S"
+                f"{self.bundle.onnx_path}: output '{self.map_name}' has shape {list(maps.shape)}, expected N×1×H×W or N×H×W"
             )
         scores = np.asarray(scores, dtype=np.float32).reshape(x.shape[0], -1)[:, 0]
         return maps, scores
 
     def warm_up(self, runs: int = 3) -> None:
         """Run a few zero batches so the first real frame does not pay allocation/JIT costs."""
-        x = np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)
+        x = np.zeros((1, 3, self.input_h, self.input_w), dtype=np.float32)
         for _ in range(max(0, int(runs))):
             self.infer(x)
 

@@ -75,7 +75,7 @@ def build_preprocessor(cfg: Config, bundle: ModelBundle) -> Preprocessor:
     bundle's, or one needing training statistics the bundle does not record)."""
     pre = cfg.preprocess
     return Preprocessor(
-        bundle.image_size,
+        bundle.input_shape,
         roi=pre.roi,
         lighting=effective_lighting(cfg, bundle),
         flat_field_reference=pre.flat_field_reference,
@@ -105,7 +105,7 @@ def build_runtime(
         preprocessor=build_preprocessor(cfg, bundle),
         regions=build_region_settings(cfg, effective_threshold(cfg, bundle, threshold_override)),
         generation=generation,
-        frame_expectation=FrameExpectation.from_config(cfg.camera.expect, bundle.image_size),
+        frame_expectation=FrameExpectation.from_config(cfg.camera.expect, bundle.input_shape),
         quality_gate=QualityGate.from_settings(cfg.preprocess.quality, bundle.meta.get("preprocess"), cfg.preprocess.roi),
         product=product,
     )

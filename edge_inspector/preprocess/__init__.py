@@ -6,7 +6,7 @@ gives it) and returns a float32 CHW RGB tensor normalised for the backbone, plus
 needed to map anomaly-map pixels back to original-image pixels.
 """
 
-from edge_inspector.preprocess.core import Geometry, Preprocessor, normalise_tf, to_bgr_uint8
+from edge_inspector.preprocess.core import Geometry, Preprocessor, aspect_input_shape, input_shape, normalise_tf, to_bgr_uint8
 from edge_inspector.preprocess.photometric import random_photometric, strong_light
 
-__all__ = ["Preprocessor", "Geometry", "normalise_tf", "to_bgr_uint8", "random_photometric", "strong_light"]
+__all__ = ["Preprocessor", "Geometry", "aspect_input_shape", "input_shape", "normalise_tf", "to_bgr_uint8", "random_photometric", "strong_light"]

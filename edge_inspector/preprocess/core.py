@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -30,19 +31,48 @@ class Geometry:
     roi_y: int
     roi_w: int
     roi_h: int
-    size: int  # model input is size x size
+    input_h: int  # the model input is input_h × input_w
+    input_w: int
 
     def map_to_original(self, x: float, y: float) -> tuple[float, float]:
         """Model-input pixel (x, y) → original-image pixel."""
-        return (self.roi_x + x * self.roi_w / self.size, self.roi_y + y * self.roi_h / self.size)
+        return (self.roi_x + x * self.scale_x, self.roi_y + y * self.scale_y)
 
     @property
     def scale_x(self) -> float:
-        return self.roi_w / self.size
+        return self.roi_w / self.input_w
 
     @property
     def scale_y(self) -> float:
-        return self.roi_h / self.size
+        return self.roi_h / self.input_h
+
+
+def input_shape(shape: "int | Sequence[int]") -> tuple[int, int]:
+    """A model input size as (height, width): an int is a square side (bundles before input_shape)."""
+    if isinstance(shape, (int, np.integer)):
+        return int(shape), int(shape)
+    h, w = (int(v) for v in shape)
+    return h, w
+
+
+def aspect_input_shape(frame_h: int, frame_w: int, size: int, multiple: int = 32) -> tuple[int, int]:
+    """The model input (height, width) for frames of ``frame_h × frame_w`` with their aspect ratio:
+    the short side gets ``size`` — what a square ``size × size`` input gave it, so no axis is
+    sampled coarser than before — except that a frame whose long side already has ``size`` pixels
+    or more is not upsampled (that adds cost, not detail). The long side is capped at
+    ``4 · size``; each side is a multiple of ``multiple`` (the backbone's coarsest stride, so every
+    feature level has whole cells).
+
+    Squashing a tall frame into a square throws away resolution along its long side, where a thin
+    crack runs, and shrinking the short side below ``size`` costs detail across it
+    (docs/model.md, "Input geometry")."""
+    if frame_h <= 0 or frame_w <= 0:
+        raise InputError(f"frame size {frame_w}×{frame_h} is empty")
+    short, long = min(frame_h, frame_w), max(frame_h, frame_w)
+    scale = min(size / short, max(1.0, size / long))
+    scale = min(scale, 4 * size / long)
+    side = lambda v: max(multiple, int(round(v * scale / multiple)) * multiple)
+    return side(frame_h), side(frame_w)
 
 
 def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
@@ -80,7 +110,7 @@ class Preprocessor:
 
     def __init__(
         self,
-        image_size: int,
+        image_size: "int | Sequence[int]",
         roi: Optional[Sequence[int]] = None,
         lighting: Lighting = "none",
         flat_field_reference: Optional[np.ndarray | str | Path] = None,
@@ -88,9 +118,9 @@ class Preprocessor:
         clahe_tile_grid: int = 8,
         train_stats: Optional[dict] = None,
     ) -> None:
-        if image_size < 32:
-            raise InputError(f"image size {image_size} is too small (min 32)")
-        self.image_size = int(image_size)
+        self.input_h, self.input_w = input_shape(image_size)
+        if min(self.input_h, self.input_w) < 32:
+            raise InputError(f"model input {self.input_w}×{self.input_h} is too small (min 32 a side)")
         self.roi = tuple(int(v) for v in roi) if roi is not None else None
         self.lighting = lighting
         self._clahe = cv2.createCLAHE(clipLimit=float(clahe_clip_limit), tileGridSize=(clahe_tile_grid, clahe_tile_grid))
@@ -128,7 +158,7 @@ class Preprocessor:
                 raise InputError(f"ROI {list(self.roi)} lies outside the {w}×{h} frame")
             rw = min(rw, w - x)
             rh = min(rh, h - y)
-        return img[y : y + rh, x : x + rw], Geometry(h, w, x, y, rw, rh, self.image_size)
+        return img[y : y + rh, x : x + rw], Geometry(h, w, x, y, rw, rh, self.input_h, self.input_w)
 
     # -- lighting -------------------------------------------------------------------------
     def _flat_field(self, img: np.ndarray) -> np.ndarray:
@@ -200,15 +230,16 @@ class Preprocessor:
 
     # -- main entry -----------------------------------------------------------------------
     def prepare_rgb(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """Frame → (S×S×3 uint8 RGB after ROI, lighting and resize, geometry)."""
+        """Frame → (H×W×3 uint8 RGB at the model input size, after ROI and lighting; geometry)."""
         bgr = to_bgr_uint8(image)
         crop, geom = self._crop(bgr)
         crop = self.normalise_lighting(crop)
-        interp = cv2.INTER_AREA if min(crop.shape[:2]) > self.image_size else cv2.INTER_LINEAR
-        resized = cv2.resize(crop, (self.image_size, self.image_size), interpolation=interp)
+        shrinks = crop.shape[0] > self.input_h and crop.shape[1] > self.input_w
+        interp = cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR
+        resized = cv2.resize(crop, (self.input_w, self.input_h), interpolation=interp)
         return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB), geom
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """Frame → (3×S×S float32 model input, geometry)."""
+        """Frame → (3×H×W float32 model input, geometry)."""
         rgb, geom = self.prepare_rgb(image)
         return normalise_tf(rgb), geom

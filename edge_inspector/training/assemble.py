@@ -45,6 +45,7 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     device = settings.device
     fixed_w = settings.fusion_ae_weight
     config = ModelConfig(head=head, image_size=settings.image_size, taps=DEFAULT_TAPS,
+                         input_shape=(data.preprocessor.input_h, data.preprocessor.input_w),
                          mdaae=parts.ae_config if head in AE_HEADS else None,
                          bank_size=int(parts.bank.shape[0]) if head in KNN_HEADS else 0,
                          fusion_weights={"ae": fixed_w if fixed_w is not None else 0.5,

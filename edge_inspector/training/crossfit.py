@@ -49,7 +49,7 @@ def leave_one_out_scores(model: InspectionModel, z_clean: torch.Tensor, bank_sou
     full_knn, full_sub = model.knn, model.knn_sub
     bank = full_knn.bank_t.t()
     bank_sub = full_sub.bank_t.t() if full_sub is not None else None
-    size = model.config.image_size
+    size = model.config.shape
     scores = np.empty(z_clean.shape[0], dtype=np.float64)
     try:
         for i in range(z_clean.shape[0]):

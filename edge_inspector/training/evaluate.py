@@ -57,7 +57,7 @@ def make_preprocessor(bundle) -> Preprocessor:
             f"{bundle.directory / 'model.json'}: lighting 'flat_field' needs the station's reference image; evaluate supports none, clahe, match_train"
         )
     try:
-        return Preprocessor(bundle.image_size, lighting=lighting, train_stats=pre.get("train_stats"))
+        return Preprocessor(bundle.input_shape, lighting=lighting, train_stats=pre.get("train_stats"))
     except Exception as exc:  # InputError from Preprocessor: name the bundle file
         raise ModelBundleError(f"{bundle.directory / 'model.json'}: preprocess section unusable ({exc})") from None
 
@@ -211,6 +211,7 @@ def evaluate_bundle(
             "head": bundle.head,
             "sha256": bundle.sha256,
             "image_size": bundle.image_size,
+            "input_shape": list(bundle.input_shape),
             "backbone": bundle.meta.get("backbone"),
             "lighting": pre.lighting,
         },

@@ -51,9 +51,9 @@ def export_onnx(model: InspectionModel, path: Path, meta: dict) -> None:
     import onnx
 
     model = model.cpu().eval()
-    size = model.config.image_size
+    h, w = model.config.shape
     # Trace with batch 2 so no batch-size constant can hide in the graph.
-    example = torch.zeros(2, 3, size, size)
+    example = torch.zeros(2, 3, h, w)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with torch.no_grad():
@@ -79,13 +79,14 @@ def export_onnx(model: InspectionModel, path: Path, meta: dict) -> None:
     tmp.replace(path)
 
 
-def parity_images(size: int, seed: int = 0) -> torch.Tensor:
-    """Deterministic inputs when no real images are at hand: a smooth gradient, noise, a flat grey."""
+def parity_images(shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """Deterministic (height, width) inputs when no real images are at hand: a smooth gradient,
+    noise, a flat grey."""
+    h, w = shape
     g = torch.Generator().manual_seed(seed)
-    ramp = torch.linspace(-1, 1, size)
-    gradient = (ramp[None, :] * ramp[:, None]).expand(3, size, size)
-    noise = torch.rand(3, size, size, generator=g) * 2 - 1
-    flat = torch.full((3, size, size), 0.1)
+    gradient = (torch.linspace(-1, 1, h)[:, None] * torch.linspace(-1, 1, w)[None, :]).expand(3, h, w)
+    noise = torch.rand(3, h, w, generator=g) * 2 - 1
+    flat = torch.full((3, h, w), 0.1)
     return torch.stack([gradient, noise, flat]).float()
 
 
@@ -114,7 +115,7 @@ def parity_check(model: InspectionModel, onnx_path: Path, images: torch.Tensor, 
 
 def export_with_parity(model: InspectionModel, meta: dict, onnx_path: Path, images: torch.Tensor | None) -> dict:
     export_onnx(model, onnx_path, meta)
-    check_images = parity_images(model.config.image_size)
+    check_images = parity_images(model.config.shape)
     if images is not None and len(images):
         check_images = torch.cat([images.float(), check_images])
     parity = parity_check(model, onnx_path, check_images)

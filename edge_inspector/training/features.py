@@ -18,7 +18,7 @@ from edge_inspector.drift import image_stats
 from edge_inspector.errors import InputError
 from edge_inspector.imageio import read_image
 from edge_inspector.logging import get_logger
-from edge_inspector.preprocess import Preprocessor, random_photometric, to_bgr_uint8
+from edge_inspector.preprocess import Preprocessor, aspect_input_shape, random_photometric, to_bgr_uint8
 from edge_inspector.preprocess.quality import exposure_stats
 from edge_inspector.training.settings import TrainSettings
 
@@ -80,8 +80,16 @@ class TrainingData:
     z_train: torch.Tensor  # standardised features (CACHE_DTYPE), clean training images first, then augmented copies
     z_clean: torch.Tensor  # the clean rows of z_train (a view)
     z_hold: torch.Tensor  # standardised features of the hold-out images
-    hold_images: torch.Tensor  # hold-out model inputs (N×3×S×S)
+    hold_images: torch.Tensor  # hold-out model inputs (N×3×H×W)
     timing: dict
+
+
+def model_input_shape(settings, frame_size) -> tuple[int, int]:
+    """(height, width) of the model input: ``image_size`` square, or about ``image_size²`` pixels
+    in the training frames' aspect ratio (``geometry: keep_aspect``, the default)."""
+    if settings.geometry == "square":
+        return settings.image_size, settings.image_size
+    return aspect_input_shape(frame_size[0], frame_size[1], settings.image_size)
 
 
 def _reduce_for_augmentation(image: np.ndarray, limit: int) -> np.ndarray:
@@ -97,7 +105,7 @@ def scan_images(groups: list[tuple[list[Path], str]]) -> tuple[list[list[Path]],
     readable paths per group, per-image drift statistics, train_stats with BGR channel and
     exposure figures over all groups)."""
     kept: list[list[Path]] = []
-    per_image, channels = [], ChannelStats()
+    per_image, channels, sizes = [], ChannelStats(), []
 
     def frames():
         for paths, what in groups:
@@ -108,12 +116,16 @@ def scan_images(groups: list[tuple[list[Path], str]]) -> tuple[list[list[Path]],
                 per_image.append(image_stats(image))
                 bgr = to_bgr_uint8(image)
                 channels.add(bgr)
+                if len(kept) == 1:
+                    sizes.append(bgr.shape[:2])
                 yield bgr
             check_readable(len(kept[-1]), skipped, what)
 
     # Exposure figures of train/good for the station's image-quality gate (preprocess/quality.py).
     exposure = exposure_stats(frames())
-    return kept, per_image, {**channels.result(), "exposure": exposure}
+    # The training frames' typical (height, width): a keep-aspect model input follows it.
+    frame_size = [int(v) for v in np.median(np.asarray(sizes), axis=0)]
+    return kept, per_image, {**channels.result(), "exposure": exposure, "frame_size": frame_size}
 
 
 class FeatureWriter:
@@ -193,16 +205,17 @@ def prepare_data(data_dir: Path, settings: TrainSettings, backbone) -> TrainingD
         train_idx = np.concatenate([train_idx, np.arange(n_good, n_good + n_extra)])
         paths = paths + kept[1]
         log.info("extra good images", folder=settings.extra_good, n_images=n_extra)
-    pre = Preprocessor(settings.image_size, lighting=settings.lighting, train_stats=train_stats)
+    shape = model_input_shape(settings, train_stats["frame_size"])
+    pre = Preprocessor(shape, lighting=settings.lighting, train_stats=train_stats)
     n_train = int(train_idx.size)
     jobs = augmentation_jobs(train_idx, settings.augmented_copies, max(settings.feature_cache_images - n_train, 0),
                              settings.seed + 5)
     log.info("training data", n_images=len(paths), n_train=n_train, n_holdout=int(hold_idx.size),
-             image_size=settings.image_size, augmented_copies=settings.augmented_copies, n_augmented=len(jobs))
-    grid = settings.image_size // 8
+             input_shape=list(shape), augmented_copies=settings.augmented_copies, n_augmented=len(jobs))
+    grid = (shape[0] // 8, shape[1] // 8)
     channels = backbone.out_channels
-    cache = torch.empty((n_train + len(jobs), channels, grid, grid), dtype=CACHE_DTYPE)
-    hold_feats = torch.empty((int(hold_idx.size), channels, grid, grid), dtype=torch.float32)
+    cache = torch.empty((n_train + len(jobs), channels, *grid), dtype=CACHE_DTYPE)
+    hold_feats = torch.empty((int(hold_idx.size), channels, *grid), dtype=torch.float32)
     hold_tensors = []
     aug_rng = np.random.default_rng(settings.seed + 2)
     total = cache.shape[0] + hold_feats.shape[0]
@@ -214,7 +227,7 @@ def prepare_data(data_dir: Path, settings: TrainSettings, backbone) -> TrainingD
             # Augment a copy reduced to 2×S (not the full 900² frame): the photometric ops are
             # pointwise or smooth, so the result after the final resize is the same at a fraction
             # of the cost.
-            reduced = _reduce_for_augmentation(read_image(paths[i]), 2 * settings.image_size)
+            reduced = _reduce_for_augmentation(read_image(paths[i]), 2 * max(shape))
             writer.add(pre.prepare(random_photometric(reduced, aug_rng))[0])
         writer.flush()
         hold_writer = FeatureWriter(backbone, hold_feats, settings.device, bar=bar)

@@ -30,6 +30,8 @@ kNN + AE and kNN + residual are tied, kNN alone is consistently 0.005 behind). N
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -52,34 +54,35 @@ KINDS = ("cutpaste", "scratch", "dent")
 
 
 def _cutpaste(img: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    s = img.shape[1]
-    h, w = (int(rng.uniform(0.08, 0.2) * s) for _ in range(2))
+    H, W = img.shape[1:]
+    h, w = int(rng.uniform(0.08, 0.2) * H), int(rng.uniform(0.08, 0.2) * W)
     h, w = max(h, 2), max(w, 2)
-    sy, sx = int(rng.integers(0, s - h)), int(rng.integers(0, s - w))
+    sy, sx = int(rng.integers(0, H - h)), int(rng.integers(0, W - w))
     patch = donor[:, sy : sy + h, sx : sx + w].copy()
     if rng.random() < 0.5:
         patch = patch[:, :, ::-1]
     if rng.random() < 0.5:
         patch = patch[:, ::-1, :]
-    lo, hi = int(0.15 * s), int(0.85 * s)
-    ty, tx = int(rng.integers(lo, max(lo + 1, hi - h))), int(rng.integers(lo, max(lo + 1, hi - w)))
+    ty = int(rng.integers(int(0.15 * H), max(int(0.15 * H) + 1, int(0.85 * H) - h)))
+    tx = int(rng.integers(int(0.15 * W), max(int(0.15 * W) + 1, int(0.85 * W) - w)))
     out = img.copy()
     out[:, ty : ty + h, tx : tx + w] = patch
-    mask = np.zeros((s, s), bool)
+    mask = np.zeros((H, W), bool)
     mask[ty : ty + h, tx : tx + w] = True
     return out, mask
 
 
 def _scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    s = img.shape[1]
+    H, W = img.shape[1:]
+    s = math.sqrt(H * W)  # lengths scale with the frame's size, positions with each side
     length = rng.uniform(0.15, 0.4) * s
     angle = rng.uniform(0, np.pi)
-    cx, cy = rng.uniform(0.25, 0.75, size=2) * s
+    cx, cy = rng.uniform(0.25, 0.75, size=2) * (W, H)
     t = np.linspace(-0.5, 0.5, 12)
     bend = rng.uniform(-0.05, 0.05) * s * np.sin(np.pi * (t + 0.5))
     xs = cx + t * length * np.cos(angle) - bend * np.sin(angle)
     ys = cy + t * length * np.sin(angle) + bend * np.cos(angle)
-    canvas = np.zeros((s, s), np.uint8)
+    canvas = np.zeros((H, W), np.uint8)
     thickness = max(1, int(round(rng.uniform(1.0, 3.0) * s / 256)))
     cv2.polylines(canvas, [np.stack([xs, ys], 1).round().astype(np.int32)], False, 255, thickness)
     mask = canvas > 0
@@ -90,12 +93,13 @@ def _scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
 
 
 def _dent(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    s = img.shape[1]
+    H, W = img.shape[1:]
+    s = math.sqrt(H * W)
     ax, ay = rng.uniform(0.03, 0.08, size=2) * s
-    cx, cy = rng.uniform(0.25, 0.75, size=2) * s
+    cx, cy = rng.uniform(0.25, 0.75, size=2) * (W, H)
     rot = rng.uniform(0, np.pi)
     light = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     dx, dy = xx - cx, yy - cy
     u = (dx * np.cos(rot) + dy * np.sin(rot)) / ax
     v = (-dx * np.sin(rot) + dy * np.cos(rot)) / ay
@@ -110,7 +114,7 @@ def _dent(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 
 def synthetic_anomalies(images: torch.Tensor, seed: int = 0, contrast: float = 1.0) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """Defective copies of good model inputs (N×3×S×S, TF-normalised): (images, masks N×S×S, kinds).
+    """Defective copies of good model inputs (N×3×H×W, TF-normalised): (images, masks N×H×W, kinds).
 
     ``contrast`` < 1 blends each anomaly in at that fraction of its full contrast."""
     rng = np.random.default_rng(seed)
@@ -148,7 +152,7 @@ def _standardised_terms(model, images: torch.Tensor, names, device: str, batch: 
 
 
 @torch.no_grad()
-def _maps(model, terms: dict[str, torch.Tensor], weights: dict[str, float], size: int) -> np.ndarray:
+def _maps(model, terms: dict[str, torch.Tensor], weights: dict[str, float], size: tuple[int, int]) -> np.ndarray:
     grid = sum(w * terms[name] for name, w in weights.items())
     out = [model.upsample_and_smooth(grid[i : i + 8], size) for i in range(0, grid.shape[0], 8)]
     return torch.cat(out)[:, 0].numpy()
@@ -183,7 +187,7 @@ def select_fusion_weights(model, good_images: torch.Tensor, device: str = "cpu",
     ``model`` is a default-head InspectionModel whose term statistics are already fitted; candidates
     naming a term the model cannot compute are left out. ``good_features``: the standardised
     features of ``good_images`` when the caller has them already (saves a backbone pass)."""
-    size = good_images.shape[-1]
+    size = tuple(good_images.shape[-2:])
     have = set(model.available_terms())
     usable = [c for c in candidates if set(c) <= have]
     if not usable:

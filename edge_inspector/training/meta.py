@@ -40,6 +40,7 @@ def build_meta(
         "head": cfg.head,
         "backbone": BACKBONE_NAME,
         "image_size": cfg.image_size,
+        "input_shape": list(cfg.shape),
         "input": io_spec()[0],
         "outputs": io_spec()[1],
         "fusion_levels": [t.as_dict() for t in cfg.taps],

@@ -195,7 +195,7 @@ def write_report(
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} td,th{{padding:2px 10px;text-align:left}}
 img{{max-width:100%;border:1px solid #ccc;margin:6px 0}}</style></head><body>
 <h1>Evaluation: {html.escape(str(name))}</h1>
-<p>head <b>{html.escape(str(model.get('head')))}</b>, image size {model.get('image_size')}, model sha256
+<p>head <b>{html.escape(str(model.get('head')))}</b>, input {html.escape('×'.join(map(str, model.get('input_shape') or [model.get('image_size')] * 2)))} (height×width), model sha256
 <code>{html.escape(str(model.get('sha256', ''))[:16])}…</code>, data <code>{html.escape(str(data_dir or result.get('data', '')))}</code></p>
 <table><tr><th>metric</th><th>value</th></tr>
 {rows}

@@ -23,8 +23,8 @@ standardised features, each term divided by its mean on good training images (th
 best image-level definition: plain ``1 − cos`` was worst on textures, L2 alone best at pixel level,
 the balanced sum best overall).
 
-Map → score: bilinear upsampling from the stride-8 grid to S×S, separable Gaussian smoothing
-(σ = 4 px at 256², scaled with S) with reflect padding, then the affine score normalisation fitted
+Map → score: bilinear upsampling from the stride-8 grid to the input's H×W, separable Gaussian
+smoothing (σ = 4 px at 256², scaled with √(H·W)) with reflect padding, then the affine score normalisation fitted
 on held-out good images; the image score is the map's maximum. The map and the score share units,
 so the runtime can threshold the map at the image threshold to find defect regions, and an image
 with score ≥ threshold always has at least one map pixel ≥ threshold.
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_inspector.preprocess.core import input_shape
 from edge_inspector.training.backbone import DEFAULT_TAPS, FeatureExtractor, Tap
 from edge_inspector.training.knn import KnnScorer
 from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_terms
@@ -54,7 +55,7 @@ TERMS = ("ae", "knn", "sub", "res")  # order of term_mean / term_std
 @dataclass
 class ModelConfig:
     head: str
-    image_size: int
+    image_size: int  # the size budget S (the input side of square models)
     taps: tuple[Tap, ...] = DEFAULT_TAPS
     mdaae: MdaaeConfig | None = None
     bank_size: int = 0
@@ -65,10 +66,17 @@ class ModelConfig:
     knn_features: str = "raw"
     # default head: dimension of the principal subspace behind the "sub" and "res" terms (0 = none)
     subspace_dim: int = 0
+    # model input (height, width); None = image_size × image_size (square, bundles before the option)
+    input_shape: tuple[int, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.input_shape) if self.input_shape else (self.image_size, self.image_size)
 
     @property
     def sigma(self) -> float:
-        return self.smoothing_sigma_px if self.smoothing_sigma_px else 4.0 * self.image_size / 256.0
+        h, w = self.shape
+        return self.smoothing_sigma_px if self.smoothing_sigma_px else 4.0 * math.sqrt(h * w) / 256.0
 
     def as_dict(self) -> dict:
         return {
@@ -81,6 +89,7 @@ class ModelConfig:
             "fusion_weights": dict(self.fusion_weights),
             "knn_features": self.knn_features,
             "subspace_dim": self.subspace_dim,
+            "input_shape": list(self.shape),
         }
 
     @classmethod
@@ -96,6 +105,7 @@ class ModelConfig:
             fusion_weights=dict(d.get("fusion_weights") or {"ae": 0.5, "knn": 0.5}),
             knn_features=d.get("knn_features", "standardised"),  # bundles from before the option
             subspace_dim=int(d.get("subspace_dim", 0)),
+            input_shape=tuple(int(v) for v in d["input_shape"]) if d.get("input_shape") else None,
         )
 
 
@@ -107,7 +117,7 @@ def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
 
 
 class InspectionModel(nn.Module):
-    """Image N×3×S×S (TF-normalised RGB from Preprocessor.prepare) → (map N×1×S×S, score N)."""
+    """Image N×3×H×W (TF-normalised RGB from Preprocessor.prepare) → (map N×1×H×W, score N)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -204,16 +214,17 @@ class InspectionModel(nn.Module):
         return total
 
     # -- grid → image-size map ------------------------------------------------------------
-    def upsample_and_smooth(self, grid_map: torch.Tensor, size: int) -> torch.Tensor:
-        up = F.interpolate(grid_map, size=(size, size), mode="bilinear", align_corners=False)
+    def upsample_and_smooth(self, grid_map: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+        """Grid map → ``size`` map (a side, or (height, width)), Gaussian-smoothed."""
+        up = F.interpolate(grid_map, size=input_shape(size), mode="bilinear", align_corners=False)
         r = self.smooth_radius
         up = F.conv2d(F.pad(up, (r, r, 0, 0), mode="reflect"), self.smooth_x)
         return F.conv2d(F.pad(up, (0, 0, r, r), mode="reflect"), self.smooth_y)
 
     def raw_map(self, image: torch.Tensor) -> torch.Tensor:
-        """Smoothed S×S map before the final score normalisation (used for calibration)."""
+        """Smoothed H×W map before the final score normalisation (used for calibration)."""
         z = self.standardised_features(image)
-        return self.upsample_and_smooth(self.raw_grid_map(z), image.shape[-1])
+        return self.upsample_and_smooth(self.raw_grid_map(z), tuple(image.shape[-2:]))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         anomaly_map = (self.raw_map(image) - self.score_offset) / self.score_scale

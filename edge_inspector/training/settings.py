@@ -14,6 +14,7 @@ from edge_inspector.training.sagan import GanSchedule
 from edge_inspector.training.scoring import HEADS, KNN_FEATURES
 
 CALIBRATION_RULES = ("crossfit_tail", "holdout")
+GEOMETRIES = ("keep_aspect", "square")
 
 
 @dataclass
@@ -21,6 +22,9 @@ class TrainSettings:
     head: str = "default"
     iterations: Optional[int] = None
     image_size: int = 256
+    # "keep_aspect": about image_size² pixels in the training frames' aspect ratio, sides multiples
+    # of 32; "square": image_size × image_size (the only geometry before; docs/model.md, "Input geometry")
+    geometry: str = "keep_aspect"
     seed: int = 0
     device: str = "cpu"
     far_target: float = 0.01
@@ -75,6 +79,8 @@ def check_settings(settings: TrainSettings) -> None:
         raise InputError(f"unknown head '{settings.head}' (use {', '.join(HEADS)})")
     if settings.image_size < 32 or settings.image_size % 8:
         raise InputError(f"--image-size {settings.image_size} must be a multiple of 8 and ≥ 32")
+    if settings.geometry not in GEOMETRIES:
+        raise InputError(f"--geometry {settings.geometry}: use {' or '.join(GEOMETRIES)}")
     if not 0.0 < settings.far_target < 1.0:
         raise InputError(f"--far-target {settings.far_target} must be between 0 and 1 (exclusive)")
     if settings.lighting not in ("none", "clahe", "match_train", "match_hist"):

@@ -138,7 +138,7 @@ def test_channels_refuse_booleans():
 
 
 # --- postprocess: defence in depth -----------------------------------------------------------------------
-GEOMETRY = Geometry(32, 32, 0, 0, 32, 32, 32)
+GEOMETRY = Geometry(32, 32, 0, 0, 32, 32, 32, 32)
 
 
 @pytest.mark.parametrize("threshold", [math.nan, math.inf, -math.inf])

@@ -1,7 +1,7 @@
 """A tiny, valid model bundle built by hand with onnx.helper — no training, no torch.
 
-The graph: input ``image`` float32 [N, 3, S, S] (dynamic N, TF-normalised so mid-grey ≈ 0);
-``anomaly_map`` [N, 1, S, S] = mean over channels of |image| (dark scratches and bright spots score
+The graph: input ``image`` float32 [N, 3, H, W] (dynamic N, TF-normalised so mid-grey ≈ 0);
+``anomaly_map`` [N, 1, H, W] = mean over channels of |image| (dark scratches and bright spots score
 high, mid-grey scores ~0); ``score`` [N] = max of the map. Pipeline tests use it to run the daemon,
 evaluate and bench without a trained model.
 
@@ -46,11 +46,13 @@ def tiny_meta(image_size: int = 64, threshold: float = 0.5, head: str = "default
     }
 
 
-def make_tiny_onnx_bytes(image_size: int = 64, metadata: dict | None = None) -> bytes:
-    """Serialized ONNX model (opset 17) of the |x| channel-mean anomaly map and max score."""
-    s = int(image_size)
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, s, s])
-    amap = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, s, s])
+def make_tiny_onnx_bytes(image_size: int = 64, metadata: dict | None = None,
+                         input_shape: tuple[int, int] | None = None) -> bytes:
+    """Serialized ONNX model (opset 17) of the |x| channel-mean anomaly map and max score;
+    input ``image_size``² or ``input_shape`` (height, width)."""
+    h, w = input_shape or (int(image_size), int(image_size))
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, h, w])
+    amap = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, h, w])
     score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])
     nodes = [
         helper.make_node("Abs", ["image"], ["abs_image"], name="abs"),
@@ -75,9 +77,11 @@ def make_tiny_bundle(
     image_size: int = 64,
     threshold: float = 0.5,
     head: str = "default",
+    input_shape: tuple[int, int] | None = None,
     **meta_overrides: Any,
 ) -> Path:
-    """Write a valid bundle (model.onnx + model.json with onnx_sha256) into ``model_dir``.
+    """Write a valid bundle (model.onnx + model.json with onnx_sha256) into ``model_dir``:
+    input ``image_size``², or ``input_shape`` (height, width) as keep-aspect models have.
 
     ``meta_overrides`` replace top-level model.json keys after everything else is filled in
     (including ``onnx_sha256`` and ``format_version``), so tests can also build broken bundles.
@@ -86,7 +90,9 @@ def make_tiny_bundle(
     d = Path(model_dir)
     d.mkdir(parents=True, exist_ok=True)
     meta = tiny_meta(image_size, threshold, head)
-    data = make_tiny_onnx_bytes(image_size, metadata=meta)
+    if input_shape is not None:
+        meta["input_shape"] = [int(v) for v in input_shape]
+    data = make_tiny_onnx_bytes(image_size, metadata=meta, input_shape=input_shape)
     (d / "model.onnx").write_bytes(data)
     meta["onnx_sha256"] = hashlib.sha256(data).hexdigest()
     for key, value in meta_overrides.items():
