@@ -28,7 +28,21 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver; .ci/run does)")
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def _click_good_on_newest_card(driver):
+    """The newest NG card's id after clicking its "good" button; False (try again) when the gallery
+    re-rendered between finding the card and clicking — the daemon keeps publishing results."""
+    try:
+        card = driver.find_element(By.CSS_SELECTOR, "#gallery .card")
+        card_id = card.get_attribute("data-card")
+        card.find_element(By.CSS_SELECTOR, "button.fb-good").click()
+        return card_id
+    except StaleElementReferenceException:
+        return False
+
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 
@@ -104,9 +118,7 @@ def test_operator_page_in_a_real_browser(tmp_path, mosquitto, browser):
         browser.find_element(By.ID, "who").send_keys("anna")
         browser.find_element(By.ID, "token").send_keys(TOKEN)
         browser.find_element(By.ID, "why").send_keys("printed marking, not a scratch")
-        card = browser.find_element(By.CSS_SELECTOR, "#gallery .card")
-        card_id = card.get_attribute("data-card")
-        card.find_element(By.CSS_SELECTOR, "button.fb-good").click()
+        card_id = wait.until(_click_good_on_newest_card)
         wait.until(lambda d: "saved as good" in d.find_element(By.ID, "feedback-msg").text)
         saved = list((tmp_path / "feedback" / "test" / "good").glob(f"*_c{card_id}.png"))
         assert len(saved) == 1
