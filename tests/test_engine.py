@@ -117,3 +117,19 @@ def test_input_shape_that_disagrees_with_the_onnx_graph_is_bundle_error(tmp_path
     (d / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelBundleError, match=r"expected \[N, 3, 32, 64\]"):
         OnnxEngine.from_bundle(load_bundle(d))
+
+
+def test_unreadable_embedded_input_shape_is_bundle_error(tmp_path):
+    import hashlib
+
+    from tests.helpers.tiny_bundle import make_tiny_onnx_bytes, tiny_meta
+
+    d = make_tiny_bundle(tmp_path / "m", image_size=S)
+    embedded = {**tiny_meta(S), "input_shape": "tall"}
+    data = make_tiny_onnx_bytes(S, metadata=embedded)
+    (d / "model.onnx").write_bytes(data)
+    meta = json.loads((d / "model.json").read_text())
+    meta["onnx_sha256"] = hashlib.sha256(data).hexdigest()
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelBundleError, match="embedded metadata has an unreadable image_size/input_shape"):
+        OnnxEngine.from_bundle(load_bundle(d))

@@ -208,7 +208,10 @@ class OnnxEngine(Engine):
             except json.JSONDecodeError:
                 embedded = None
             if isinstance(embedded, dict) and "image_size" in embedded:
-                said = list(input_shape(embedded.get("input_shape") or int(embedded["image_size"])))
+                try:
+                    said = list(input_shape(embedded.get("input_shape") or int(embedded["image_size"])))
+                except (TypeError, ValueError):
+                    raise ModelBundleError(f"{path}: embedded metadata has an unreadable image_size/input_shape") from None
                 if said != [h, w]:
                     raise ModelBundleError(
                         f"{path}: embedded metadata says the input is {said[0]}×{said[1]} (height×width), model.json says {h}×{w}"
