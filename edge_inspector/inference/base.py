@@ -19,7 +19,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """batch N×3×S×S float32 → (maps N×S×S float32, scores N float32)."""
+        """batch N×3×H×W float32 → (maps N×H×W float32, scores N float32); H×W = bundle.input_shape."""
 
     def infer_one(self, tensor: np.ndarray) -> InferenceResult:
         maps, scores = self.infer(tensor[None])

@@ -10,7 +10,7 @@ model.json keys (written by training/export.py, read here and by the runtime):
   input_shape         optional [height, width] of the model input (keep-aspect models; absent = [S, S])
   input               {"name": "image", "layout": "NCHW", "channels": "RGB",
                        "normalisation": {"kind": "tf", "mean": 127.0, "std": 128.0}}
-  outputs             {"map": "anomaly_map", "score": "score"}  (map N×1×S×S or N×S×S, score N)
+  outputs             {"map": "anomaly_map", "score": "score"}  (map N×1×H×W or N×H×W, score N)
   fusion_levels       list of backbone taps, e.g. [{"block": 5, "stride": 8, "channels": 40}, ...]
   threshold           image-score threshold (scores already normalised; NG when score ≥ threshold)
   threshold_far_target  target false-alarm rate used for calibration

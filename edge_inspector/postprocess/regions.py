@@ -1,6 +1,6 @@
 """Anomaly map → defect regions → Verdict (OK / NG / ERROR).
 
-Coordinates: the map lives on the model-input grid (S×S, or whatever size the model outputs);
+Coordinates: the map lives on the model-input grid (H×W = the bundle's input_shape, or whatever size the model outputs);
 ``Geometry`` says which part of the original frame (the ROI) was resized onto that grid. Map pixel
 ``i`` covers original pixels ``[roi_x + i·sx, roi_x + (i+1)·sx)`` with ``sx = roi_w / map_w``, so a
 region's bounding box is widened to whole original pixels and its centroid is the mean of the

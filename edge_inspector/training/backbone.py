@@ -54,7 +54,7 @@ def _load_efficientnet_lite0() -> nn.Module:
 
 
 class FeatureExtractor(nn.Module):
-    """Image N×3×S×S (TF-normalised RGB) → features N×C×(S/8)×(S/8), C = sum of tap channels."""
+    """Image N×3×H×W (TF-normalised RGB) → features N×C×(H/8)×(W/8), C = sum of tap channels."""
 
     def __init__(self, taps: tuple[Tap, ...] = DEFAULT_TAPS) -> None:
         super().__init__()

@@ -38,7 +38,7 @@ LATENCY_RUNS = 30
 
 
 def map_to_image(amap: np.ndarray, geom: Geometry) -> np.ndarray:
-    """Model-input-sized map (S×S) → original-frame-sized map (H×W); outside the ROI = map minimum."""
+    """Model-input-sized map → original-frame-sized map; outside the ROI = map minimum."""
     a = np.asarray(amap, dtype=np.float32)
     roi = cv2.resize(a, (geom.roi_w, geom.roi_h), interpolation=cv2.INTER_LINEAR)
     if (geom.roi_x, geom.roi_y, geom.roi_w, geom.roi_h) == (0, 0, geom.orig_w, geom.orig_h):

@@ -1,7 +1,7 @@
 """ONNX export with a torch ↔ onnxruntime parity check; ``edge-inspector export``.
 
-The graph: input ``image`` float32 N×3×S×S (dynamic batch; TF-normalised RGB from
-``Preprocessor.prepare``), outputs ``anomaly_map`` N×1×S×S and ``score`` N, both in the bundle's
+The graph: input ``image`` float32 N×3×H×W (H×W = ``input_shape``; dynamic batch; TF-normalised RGB from
+``Preprocessor.prepare``), outputs ``anomaly_map`` N×1×H×W and ``score`` N, both in the bundle's
 normalised units. Everything — backbone, autoencoder, kNN distance (MatMul + ReduceMin against
 the memory bank), upsampling, Gaussian smoothing, score normalisation — is inside the graph.
 The bundle metadata (model.json minus its own onnx_sha256) is stored as JSON in the ONNX

@@ -22,8 +22,9 @@ class TrainSettings:
     head: str = "default"
     iterations: Optional[int] = None
     image_size: int = 256
-    # "keep_aspect": about image_size² pixels in the training frames' aspect ratio, sides multiples
-    # of 32; "square": image_size × image_size (the only geometry before; docs/model.md, "Input geometry")
+    # "keep_aspect": the training frames' aspect ratio, short side image_size (never upsampled past
+    # the frames' own pixels once the long side has image_size; preprocess.aspect_input_shape);
+    # "square": image_size × image_size (the only geometry before; docs/model.md, "Input geometry")
     geometry: str = "keep_aspect"
     seed: int = 0
     device: str = "cpu"
