@@ -62,7 +62,10 @@ def test_send_failure_never_raises(tmp_path):
 def test_watchdog_pings_while_fresh_stops_when_a_stage_stalls_and_resumes(listener):
     control = FakeControl()
     env = {"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "200000"}  # ping every 0.1 s
-    loop = WatchdogLoop(SystemdNotifier(environ=env), control.stage_heartbeats, heartbeat_timeout_s=5.0, status=control.status)
+    # The other stages last beat when FakeControl was made and are not beaten again: the timeout
+    # must outlast the whole test on a slow machine (with 5 s, a run past 5 s saw them "stall" too
+    # and the resumed ping never came). The stalled stage below is 50 s old, past either value.
+    loop = WatchdogLoop(SystemdNotifier(environ=env), control.stage_heartbeats, heartbeat_timeout_s=30.0, status=control.status)
     loop.start()
     try:
         listener.drain(0.5)
