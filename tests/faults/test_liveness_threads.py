@@ -117,7 +117,9 @@ def test_a_raising_mqtt_callback_does_not_kill_the_network_thread(tmp_path, mosq
                                  "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "reconnect_min_s": 0.1,
                                           "reconnect_max_s": 0.5, "keepalive_s": 5},
                                  "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
-    sub = Subscriber(mosquitto.port, base=cfg.topic_base)
+    # persistent: the broker queues the result published before this subscriber is back from the
+    # restart (a clean session lost it whenever the publisher reconnected first)
+    sub = Subscriber(mosquitto.port, base=cfg.topic_base, persistent=True)
     pub = MqttPublisher(cfg, Outbox(cfg.outbox.path), {"name": "m", "sha256": "ab" * 32})
     pub.set_status(threshold=float("nan"))  # building the online status now raises inside on_connect
     original_on_connect = pub._client.on_connect
