@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from edge_inspector.config.models import FrameExpectConfig
+from edge_inspector.preprocess.core import input_shape
 
 MIN_SIDE_FRACTION = 4  # default min side = ceil(S / 4)
 MAX_SIDE_FACTOR = 32  # default max side = 32 · S
@@ -42,7 +43,7 @@ class FrameExpectation:
     @classmethod
     def from_config(cls, cfg: FrameExpectConfig, model_input_size: "int | tuple[int, int]") -> "FrameExpectation":
         """``model_input_size``: the model input side, or its (height, width)."""
-        h, w = (model_input_size, model_input_size) if isinstance(model_input_size, int) else model_input_size
+        h, w = input_shape(model_input_size)
         sizes = (cfg.min_width, cfg.max_width, cfg.min_height, cfg.max_height)
         return cls(
             min_width=cfg.min_width or math.ceil(w / MIN_SIDE_FRACTION),

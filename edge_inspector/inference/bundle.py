@@ -35,6 +35,7 @@ from typing import Any
 
 from edge_inspector import BUNDLE_FORMAT_VERSION
 from edge_inspector.errors import ModelBundleError
+from edge_inspector.preprocess.core import input_shape
 
 ONNX_NAME = "model.onnx"
 META_NAME = "model.json"
@@ -83,8 +84,7 @@ class ModelBundle:
     @property
     def input_shape(self) -> tuple[int, int]:
         """Model input (height, width)."""
-        shape = self.meta.get("input_shape")
-        return (int(shape[0]), int(shape[1])) if shape is not None else (self.image_size, self.image_size)
+        return input_shape(self.meta.get("input_shape") or self.image_size)
 
     @property
     def threshold(self) -> float:

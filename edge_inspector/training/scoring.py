@@ -71,7 +71,7 @@ class ModelConfig:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.input_shape) if self.input_shape else (self.image_size, self.image_size)
+        return input_shape(self.input_shape or self.image_size)
 
     @property
     def sigma(self) -> float:
