@@ -23,6 +23,7 @@ _HANDLERS: dict[str, str] = {
     "train": "edge_inspector.training.train:cli_train",
     "evaluate": "edge_inspector.training.evaluate:cli_evaluate",
     "export": "edge_inspector.training.export:cli_export",
+    "quantize": "edge_inspector.training.quantize:cli_quantize",
     "bench": "edge_inspector.inference.bench:cli_bench",
     "run": "edge_inspector.supervisor:cli_run",
     "check-config": "edge_inspector.config.check:cli_check_config",
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a trained model to ONNX with a torch parity check")
     x.add_argument("--model", required=True)
     x.add_argument("--out", required=True)
+
+    q = sub.add_parser("quantize", help="copy a bundle with its backbone quantised to INT8 (calibrated on train/good)")
+    q.add_argument("--model", required=True, help="the float bundle (left unchanged)")
+    q.add_argument("--data", required=True, help="dataset folder whose train/good images calibrate the ranges")
+    q.add_argument("--out", required=True, help="new bundle directory (must not exist or be empty)")
+    q.add_argument("--images", type=int, default=64, help="calibration images (a seeded sample of train/good)")
+    q.add_argument("--seed", type=int, default=0)
 
     b = sub.add_parser("bench", help="latency/throughput/RSS of the exported model through the runtime engine")
     b.add_argument("--model", required=True)
