@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,19 @@ DATASETS = {
     "kolektorsdd": ("kolektorsdd",),
 }
 HEAD_ORDER = ("ae", "aegan", "knn", "default")
+# Ablation rows of the default head, built from the very same trained parts with fixed term
+# weights (TrainSettings.fusion_weights): the GAN critic's term alone, and the default's own
+# weights with the AE term or the GAN term taken out (the rest renormalised to sum 1).
+ABLATIONS = ("gan_only", "default_without_ae", "default_without_gan")
+# --mixes: further fixed term mixes of the same trained parts, evaluated on the test defects (for
+# the record only: the default head chooses its weights on good images, fusion.py)
+MIXES = {
+    "mix_ae_gan": {"ae": 0.5, "gan": 0.5},
+    "mix_sub_ae": {"sub": 0.6, "ae": 0.4},
+    "mix_sub_ae_gan": {"sub": 0.6, "ae": 0.2, "gan": 0.2},
+    "mix_knn_ae_gan": {"knn": 0.6, "ae": 0.2, "gan": 0.2},
+    "mix_sub_ae_gan_even": {"sub": 0.4, "ae": 0.4, "gan": 0.2},
+}
 METRICS = (
     "image_auroc",
     "image_ap",
@@ -109,6 +123,14 @@ def reuse_autoencoder(model_dir: Path):
     return parts, model.feature_mean.clone(), model.feature_std.clone()
 
 
+def reuse_critic(model_dir: Path):
+    """The GAN critic of an earlier run's default bundle (None if that bundle has none)."""
+    from edge_inspector.training.export import load_checkpoint
+
+    model, _ = load_checkpoint(model_dir)
+    return model.critic
+
+
 def restandardise(data, mean, std):
     """Re-express cached standardised features with another (the reused model's) mean/std."""
     from dataclasses import replace
@@ -118,6 +140,19 @@ def restandardise(data, mean, std):
 
     return replace(data, z_train=convert(data.z_train), z_clean=convert(data.z_clean), z_hold=convert(data.z_hold),
                    feature_mean=mean, feature_std=std)
+
+
+def ablation_weights(row: str, default_weights: dict) -> dict | None:
+    """Fixed term weights of an ablation row; None when the row would not differ from the default
+    (the term it removes has weight 0) or would have no term left."""
+    if row == "gan_only":
+        return {"gan": 1.0}
+    term = {"default_without_ae": "ae", "default_without_gan": "gan"}[row]
+    rest = {t: float(w) for t, w in default_weights.items() if t != term and float(w) > 0}
+    if not float(default_weights.get(term, 0.0)) or not rest:
+        return None
+    total = sum(rest.values())
+    return {t: round(w / total, 6) for t, w in rest.items()}
 
 
 def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
@@ -147,6 +182,7 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         previous = json.loads((Path(args.reuse) / "result.json").read_text())["datasets"][name]
         parts["ae"], mean, std = reuse_autoencoder(Path(args.reuse) / name / "ae")
         gan_parts, _, _ = reuse_autoencoder(Path(args.reuse) / name / "aegan")
+        gan_parts.critic = reuse_critic(Path(args.reuse) / name / "default")
         data = restandardise(data, mean, std)
         t0 = time.perf_counter()
         bank = fit_components(data, settings, train_ae=False, use_gan=False, build_bank=True)
@@ -172,10 +208,21 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         "knn": features_s + gan_and_bank.timing.get("coreset_s", 0.0),
         "default": features_s + gan_s + gan_and_bank.timing.get("coreset_s", 0.0),
     }
+    train_seconds.update({a: train_seconds["default"] for a in (*ABLATIONS, *MIXES)})
     results = {}
-    for head in args.heads:
+    rows = list(args.heads)
+    if "default" in args.heads:
+        rows += ([] if args.no_ablation else list(ABLATIONS)) + (list(MIXES) if args.mixes else [])
+    for head in rows:
         out = work / name / head
-        assemble(head, data, parts[head], settings, out, name=f"{name}-{head}")
+        if head in ABLATIONS or head in MIXES:
+            weights = MIXES.get(head) or ablation_weights(head, results["default"]["fusion_weights"])
+            if weights is None:
+                continue
+            assemble("default", data, parts["default"], replace(settings, fusion_weights=weights), out,
+                     name=f"{name}-{head}")
+        else:
+            assemble(head, data, parts[head], settings, out, name=f"{name}-{head}")
         meta = json.loads((out / "model.json").read_text())
         ev = evaluate_bundle(out, data_dir, threads=args.threads)
         bench = bench_process(out, args.bench_runs, args.threads)
@@ -194,10 +241,10 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         )
         row["threshold_rule"] = meta["threshold_calibration"].get("rule")
         row["threshold_calibration"] = meta["threshold_calibration"]  # both rules, with the tail fit
-        if head == "default":
+        if head == "default" or head in ABLATIONS or head in MIXES:
             row["fusion_weights"] = meta.get("fusion_weights")
             row["fusion_selection"] = meta["score_normalisation"].get("fusion", {}).get("selection")
-        if head in ("knn", "default"):
+        if head in ("knn", "default") or head in ABLATIONS or head in MIXES:
             row["knn_features"] = meta.get("knn_features")
         results[head] = row
         print(json.dumps({"dataset": name, "head": head, **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro_30", "ms_per_image")}}),
@@ -237,6 +284,10 @@ def main(argv=None) -> int:
                         "drawn on the held-out good images, as train does)")
     p.add_argument("--knn-features", default="raw", choices=["raw", "standardised"],
                    help="feature space of the kNN term (knn and default heads)")
+    p.add_argument("--no-ablation", action="store_true",
+                   help="skip the ablation rows of the default head (" + ", ".join(ABLATIONS) + ")")
+    p.add_argument("--mixes", action="store_true",
+                   help="also evaluate the fixed term mixes " + ", ".join(MIXES) + " of the default head's parts")
     p.add_argument("--reuse", default=None, metavar="WORKDIR",
                    help="reuse the autoencoders trained by an earlier run (its --workdir, holding result.json); "
                         "rebuilds the kNN bank and re-assembles and re-evaluates all heads")

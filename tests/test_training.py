@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge_inspector.cli import main  # noqa: E402
+from edge_inspector.errors import InputError  # noqa: E402
 from edge_inspector.inference.bundle import METADATA_KEY, load_bundle  # noqa: E402
 from edge_inspector.training.calibrate import f1_threshold, far_threshold  # noqa: E402
 from edge_inspector.training.knn import KnnScorer, greedy_coreset  # noqa: E402
@@ -182,6 +183,34 @@ def test_export_cli_writes_onnx_and_reports_parity(default_bundle, tmp_path, cap
     assert report["parity"]["max_abs_diff_score"] < 1e-2
 
 
+def test_quantize_writes_an_int8_backbone_bundle_that_still_ranks_defects(default_bundle, synthetic, tmp_path, capsys):
+    import onnx
+
+    from edge_inspector.training.evaluate import evaluate_bundle
+
+    out = tmp_path / "int8"
+    assert main(["quantize", "--model", str(default_bundle), "--data", str(synthetic), "--out", str(out),
+                 "--images", "6"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["calibration_images"] == 6 and report["quantised_nodes"] > 0
+    bundle = load_bundle(out)  # sha256 in model.json matches the new graph
+    q = bundle.meta["quantization"]
+    assert q["float_bundle_sha256"] == load_bundle(default_bundle).sha256
+    graph = onnx.load(out / "model.onnx").graph
+    ops = [n.op_type for n in graph.node]
+    assert "QLinearConv" in ops
+    # only the backbone is integer: every float Conv left belongs to the heads
+    assert all(not n.name.startswith("/backbone/") for n in graph.node if n.op_type == "Conv")
+    assert (out / "checkpoint.pt").is_file()
+    ev_float, ev_int8 = evaluate_bundle(default_bundle, synthetic), evaluate_bundle(out, synthetic)
+    assert ev_float["image_auroc"] == 1.0 and ev_int8["image_auroc"] == 1.0
+    # an already quantised bundle, and --out equal to --model, are refused with one line
+    assert main(["quantize", "--model", str(out), "--data", str(synthetic), "--out", str(tmp_path / "again")]) == 2
+    assert "already quantised" in capsys.readouterr().err
+    assert main(["quantize", "--model", str(default_bundle), "--data", str(synthetic), "--out", str(default_bundle)]) == 2
+    assert "--out must differ" in capsys.readouterr().err
+
+
 def test_train_cli_names_the_terms_the_default_head_chose(synthetic, tmp_path, capsys):
     out = tmp_path / "m"
     assert main(["train", "--data", str(synthetic), "--out", str(out), "--head", "default", "--iterations", "4",
@@ -219,7 +248,8 @@ def test_subspace_terms_match_an_independent_projection(default_bundle, syntheti
     assert (grids["sub"] < grids["knn"] - 1e-3).any()
 
 
-@pytest.mark.parametrize("weights", [{"knn": 0.4, "sub": 0.3, "res": 0.2, "ae": 0.1}, {"sub": 1.0}])
+@pytest.mark.parametrize("weights", [{"knn": 0.4, "sub": 0.3, "res": 0.2, "ae": 0.1}, {"sub": 1.0},
+                                     {"ae": 0.5, "gan": 0.5}, {"sub": 0.6, "ae": 0.2, "gan": 0.2}])
 def test_any_term_mix_exports_with_parity_and_only_its_terms(default_bundle, tmp_path, capsys, weights):
     import onnx
 
@@ -236,6 +266,57 @@ def test_any_term_mix_exports_with_parity_and_only_its_terms(default_bundle, tmp
     shapes = {tuple(init.dims) for init in onnx.load(out).graph.initializer}
     has_full_bank = any(len(d) == 2 and d[0] == 344 for d in shapes)
     assert has_full_bank == ("knn" in weights)  # a term with weight 0 is not in the graph
+    names = {init.name for init in onnx.load(out).graph.initializer}
+    assert any(n.startswith("critic.") for n in names) == ("gan" in weights)
+    assert any(n.startswith("mdaae.decoder.") for n in names) == ("ae" in weights or "gan" in weights)
+
+
+def test_the_gan_critic_is_the_trained_discriminator_with_its_spectral_norm_folded():
+    from edge_inspector.training.sagan import Critic, Discriminator
+
+    torch.manual_seed(0)
+    disc = Discriminator(24, width=16)
+    x = torch.randn(3, 24, 8, 8)
+    disc.train()
+    for _ in range(3):  # power iterations move the spectral-norm state away from its initial value
+        disc(x)
+    disc.eval()
+    critic = Critic.from_discriminator(disc)
+    with torch.no_grad():
+        _, feats = disc(x)
+        torch.testing.assert_close(critic.features(x), feats[1])
+        assert all(not hasattr(m, "weight_orig") for m in critic.modules())
+        # the term: zero for a perfect reconstruction, positive where the two differ
+        z_hat = x.clone()
+        z_hat[:, :, 2:4, 2:4] += 3.0
+        term = critic.discrepancy(x, z_hat)
+        assert term.shape == (3, 1, 8, 8)
+        assert torch.count_nonzero(critic.discrepancy(x, x)) == 0
+        assert term[:, :, 2:4, 2:4].mean() > term[:, :, 6:, 6:].mean()
+    assert hasattr(disc.stem[0], "weight_orig")  # the training discriminator is left as it was
+
+
+def test_the_default_head_carries_the_gan_critic(default_bundle):
+    from edge_inspector.training.export import load_checkpoint
+
+    model, meta = load_checkpoint(default_bundle)
+    assert model.critic is not None and meta["critic_width"] == model.critic.width == 64
+    assert "gan" in model.available_terms() and "gan" in meta["fusion_weights"]
+    assert meta["score_normalisation"]["term_std"]["gan"] > 0
+
+
+def test_fixed_fusion_weights_are_checked(synthetic, tmp_path, capsys):
+    from edge_inspector.training.fusion import fixed_fusion
+
+    assert fixed_fusion({"ae": 0.5, "gan": 0.5, "knn": 0.0}, ("ae", "gan")) == {"ae": 0.5, "gan": 0.5}
+    with pytest.raises(ValueError, match="cannot compute"):
+        fixed_fusion({"knn": 1.0}, ("ae", "gan"))
+    with pytest.raises(ValueError, match="unknown terms"):
+        fixed_fusion({"gans": 1.0}, ("ae", "gan"))
+    for bad in ({"gans": 1.0}, {"ae": -0.5, "gan": 1.0}, {"ae": 0.0}):
+        with pytest.raises(InputError, match="fusion_weights"):
+            train_bundle(synthetic, tmp_path / "x", head="default", iterations=1, image_size=SIZE, progress=False,
+                         fusion_weights=bad)
 
 
 def test_default_checkpoint_from_before_the_subspace_terms_still_loads(default_bundle, tmp_path):
@@ -243,15 +324,34 @@ def test_default_checkpoint_from_before_the_subspace_terms_still_loads(default_b
 
     def edit(checkpoint):
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k == "subspace" or k.startswith("knn_sub.")]:
+        for key in [k for k in state if k == "subspace" or k.startswith(("knn_sub.", "critic."))]:
             del state[key]
         state["term_mean"], state["term_std"] = state["term_mean"][:2], state["term_std"][:2]
         checkpoint["config"].pop("subspace_dim")
+        checkpoint["config"].pop("critic_width")  # the critic came later still
         checkpoint["config"]["fusion_weights"] = {"ae": 0.0, "knn": 1.0}
 
     model, _ = load_checkpoint(_rewritten_checkpoint(default_bundle, tmp_path / "old", edit))
     assert model.subspace is None and model.available_terms() == ("ae", "knn")
-    assert model.term_mean.shape == (4,) and model.term_std[2:].tolist() == [1.0, 1.0]
+    assert model.term_mean.shape == (5,) and model.term_std[2:].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_default_checkpoint_from_before_the_gan_critic_still_loads_and_exports(default_bundle, tmp_path, capsys):
+    from edge_inspector.training.export import load_checkpoint
+    from edge_inspector.training.fusion import full_weights
+
+    def edit(checkpoint):
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("critic.")]:
+            del state[key]
+        state["term_mean"], state["term_std"] = state["term_mean"][:4], state["term_std"][:4]
+        checkpoint["config"].pop("critic_width")
+        checkpoint["config"]["fusion_weights"] = {t: w for t, w in full_weights({"sub": 1.0}).items() if t != "gan"}
+
+    model_dir = _rewritten_checkpoint(default_bundle, tmp_path / "old", edit)
+    model, _ = load_checkpoint(model_dir)
+    assert model.critic is None and "gan" not in model.available_terms()
+    assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "old.onnx")]) == 0
 
 
 # -- determinism ----------------------------------------------------------------------------------
@@ -273,8 +373,9 @@ def test_gan_training_runs_and_tracks_frechet_distance():
     config = MdaaeConfig(level_channels=(8, 8, 16))
     z = torch.randn(6, 32, 8, 8)
     settings = TrainSettings(head="aegan", batch_size=4, progress=False, curve_points=5)
-    ae, curve, timing = train_autoencoder(z, z[:4], config, settings, iterations=20, use_gan=True, device="cpu")
+    ae, curve, timing, critic = train_autoencoder(z, z[:4], config, settings, iterations=20, use_gan=True, device="cpu")
     assert timing["gan_steps"] > 0 and timing["ae_steps"] > 0
+    assert critic is not None and critic.discrepancy(z, ae(z)).shape == (6, 1, 8, 8)
     assert any(p["lambda"] > 0 for p in curve) and any(p["d_loss"] is not None for p in curve)
     assert curve[-1]["eval_l2"] < curve[0]["eval_l2"]
 
@@ -422,7 +523,7 @@ def test_export_checkpoint_with_mismatched_weights_is_exit_2(default_bundle, tmp
 class _StubTerms:
     """Just enough of InspectionModel for select_fusion_weights: one informative term, the others noise."""
 
-    def __init__(self, informative: str, good: torch.Tensor, terms=("ae", "knn", "sub", "res")) -> None:
+    def __init__(self, informative: str, good: torch.Tensor, terms=("ae", "knn", "sub", "res", "gan")) -> None:
         self.informative = informative
         self.terms = terms
         self.good_mean = torch.nn.functional.avg_pool2d(good, 8).mean(dim=0, keepdim=True)
@@ -457,6 +558,20 @@ def test_fusion_selection_picks_the_informative_term(synthetic, informative, exp
     assert selection["n_synthetic_per_draw"] == good.shape[0]
     assert selection["contrast"] == 0.3
     assert all(len(row["pixel_auroc_draws"]) == selection["draws"] == 6 for row in selection["candidates"])
+
+
+def test_fusion_selection_keeps_the_first_candidate_when_no_term_sees_the_synthetic_defects(synthetic):
+    from edge_inspector.training.fusion import CANDIDATES, PRIOR, full_weights, select_fusion_weights
+
+    good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
+    weights, selection = select_fusion_weights(_StubTerms("nothing", good), good, seed=0)  # every term is noise
+    assert not selection["informative"] and selection["best_synthetic_pixel_auroc"] < 0.6
+    assert weights == full_weights(PRIOR) == full_weights({"ae": 0.5, "gan": 0.5})
+    # a model without the GAN critic falls back to the first candidate it can compute
+    weights, _ = select_fusion_weights(_StubTerms("nothing", good, terms=("ae", "knn", "sub", "res")), good, seed=0)
+    assert weights == full_weights(CANDIDATES[0])
+    _, informed = select_fusion_weights(_StubTerms("knn", good), good, seed=0)
+    assert informed["informative"]
 
 
 def test_fusion_selection_only_offers_candidates_the_model_can_compute(synthetic):
@@ -507,8 +622,8 @@ def test_default_head_chooses_its_fusion_weight_without_test_images(synthetic, t
     meta = json.loads((out / "model.json").read_text())
     selection = meta["score_normalisation"]["fusion"]["selection"]
     assert meta["fusion_weights"] == selection["weights"]
-    assert list(meta["fusion_weights"]) == ["ae", "knn", "sub", "res"]
+    assert list(meta["fusion_weights"]) == ["ae", "knn", "sub", "res", "gan"]
     assert abs(sum(meta["fusion_weights"].values()) - 1.0) < 1e-9
-    assert len(selection["candidates"]) == 6
+    assert len(selection["candidates"]) == 9
     assert meta["subspace_dim"] == 64
     assert meta["knn_features"] == "raw"

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_loss
 from edge_inspector.training.sagan import (
+    Critic,
     Discriminator,
     FrechetReference,
     discriminator_loss,
@@ -29,8 +30,9 @@ def train_autoencoder(
     iterations: int,
     use_gan: bool,
     device: str,
-) -> tuple[Mdaae, list[dict], dict]:
-    """Fit the MDAAE (+ SA-GAN) on standardised cached features. Returns (model, curve, timing)."""
+) -> tuple[Mdaae, list[dict], dict, Critic | None]:
+    """Fit the MDAAE (+ SA-GAN) on standardised cached features. Returns (model, curve, timing,
+    critic): the critic is the trained discriminator's scoring part (None without the GAN)."""
     generator = torch.Generator().manual_seed(settings.seed + 1)
     ae = Mdaae(config).to(device)
     optimiser = torch.optim.Adam(ae.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
@@ -93,7 +95,7 @@ def train_autoencoder(
             fake_logits, _ = disc(fake_in)
             d_loss = discriminator_loss(real_logits, fake_logits)
             running["d"] = float(d_loss.detach())
-            if float(d_loss) >= schedule.d_loss_floor:
+            if float(d_loss.detach()) >= schedule.d_loss_floor:
                 d_optimiser.zero_grad(set_to_none=True)
                 d_loss.backward()
                 d_optimiser.step()
@@ -123,4 +125,4 @@ def train_autoencoder(
         steps = timing[f"{key}_steps"]
         timing[f"{key}_step_ms"] = round(1000 * timing[f"{key}_step_s"] / steps, 2) if steps else None
     ae.eval()
-    return ae, curve, timing
+    return ae, curve, timing, (Critic.from_discriminator(disc) if disc is not None else None)

@@ -22,7 +22,7 @@ from edge_inspector.training.crossfit import threshold_rules
 from edge_inspector.training.components import Components
 from edge_inspector.training.export import CHECKPOINT_NAME, export_bundle
 from edge_inspector.training.features import TrainingData
-from edge_inspector.training.fusion import full_weights, select_fusion_weights
+from edge_inspector.training.fusion import fixed_fusion, full_weights, select_fusion_weights
 from edge_inspector.training.knn import KnnScorer
 from edge_inspector.training.meta import build_meta, save_checkpoint
 from edge_inspector.training.scoring import AE_HEADS, GAN_HEADS, KNN_HEADS, InspectionModel, ModelConfig
@@ -51,12 +51,15 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
                          fusion_weights={"ae": fixed_w if fixed_w is not None else 0.5,
                                          "knn": 1.0 - (fixed_w if fixed_w is not None else 0.5)},
                          knn_features=settings.knn_features,
-                         subspace_dim=int(parts.subspace.shape[1]) if head == "default" and parts.subspace is not None else 0)
+                         subspace_dim=int(parts.subspace.shape[1]) if head == "default" and parts.subspace is not None else 0,
+                         critic_width=parts.critic.width if head == "default" and parts.critic is not None else 0)
     model = InspectionModel(config)
     model.feature_mean.copy_(data.feature_mean)
     model.feature_std.copy_(data.feature_std)
     if head in AE_HEADS:
         model.mdaae.load_state_dict(parts.ae.state_dict())
+    if model.critic is not None:
+        model.critic.load_state_dict(parts.critic.state_dict())
     if head in KNN_HEADS:
         model.knn = KnnScorer(parts.bank)
     if model.subspace is not None:
@@ -65,7 +68,10 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     model = model.to(device).eval()
     score_stats = fit_term_statistics(model, data.z_clean, data.z_hold, device)
     if head == "default":
-        if fixed_w is None:
+        if settings.fusion_weights is not None:
+            weights = full_weights(fixed_fusion(settings.fusion_weights, model.available_terms()))
+            selection = {"rule": "fixed by the caller (fusion_weights)", "weights": weights}
+        elif fixed_w is None:
             weights, selection = select_fusion_weights(model, data.hold_images, device, seed=settings.seed + 4,
                                                        good_features=data.z_hold)
         else:

@@ -1,5 +1,5 @@
-"""Trained parts a head is assembled from: the MDAAE (with or without the GAN) and the kNN memory
-bank with its principal subspace."""
+"""Trained parts a head is assembled from: the MDAAE (with or without the GAN), the GAN's critic,
+and the kNN memory bank with its principal subspace."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from edge_inspector.training.backbone import DEFAULT_TAPS
 from edge_inspector.training.features import TrainingData
 from edge_inspector.training.knn import greedy_coreset
 from edge_inspector.training.mdaae import Mdaae, MdaaeConfig
+from edge_inspector.training.sagan import Critic
 from edge_inspector.training.settings import TrainSettings
 
 
@@ -26,6 +27,7 @@ class Components:
     ae: Optional[Mdaae] = None
     ae_config: Optional[MdaaeConfig] = None
     used_gan: bool = False
+    critic: Optional[Critic] = None  # the trained discriminator's scoring part (GAN runs only)
     bank: Optional[torch.Tensor] = None
     subspace: Optional[torch.Tensor] = None  # C×d principal directions of the bank's feature space
     bank_source: Optional[torch.Tensor] = None  # row of TrainingData.z_clean each bank entry was drawn from
@@ -40,10 +42,10 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         torch.manual_seed(settings.seed)
         parts.ae_config = MdaaeConfig(level_channels=tuple(t.channels for t in DEFAULT_TAPS))
         t0 = time.perf_counter()
-        ae, curve, ae_timing = train_autoencoder(
+        ae, curve, ae_timing, critic = train_autoencoder(
             data.z_train, data.z_hold, parts.ae_config, settings, settings.resolved_iterations(), use_gan, settings.device
         )
-        parts.ae, parts.curve, parts.used_gan = ae.cpu(), curve, use_gan
+        parts.ae, parts.curve, parts.used_gan, parts.critic = ae.cpu(), curve, use_gan, critic
         parts.timing.update(ae_timing)
         parts.timing["autoencoder_s"] = round(time.perf_counter() - t0, 2)
     if build_bank:

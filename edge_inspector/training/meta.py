@@ -47,6 +47,8 @@ def build_meta(
         "fusion_weights": dict(cfg.fusion_weights) if cfg.head == "default" else None,
         "knn_features": cfg.knn_features if cfg.head in KNN_HEADS else None,
         "subspace_dim": cfg.subspace_dim if cfg.head == "default" else None,
+        # the GAN critic behind the "gan" term (0: none; in the graph only if that term's weight ≠ 0)
+        "critic_width": cfg.critic_width if cfg.head == "default" else None,
         "threshold": round(float(calibration["threshold"]), 6),
         "threshold_far_target": settings.far_target,
         "threshold_calibration": calibration,

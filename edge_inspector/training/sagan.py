@@ -22,6 +22,7 @@ gradient pushed reconstruction error up). What this module does about it:
 from __future__ import annotations
 
 import math
+from copy import deepcopy as copy_module
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,55 @@ class Discriminator(nn.Module):
         h2 = self.attention(self.down1(h1))
         h3 = self.down2(h2)
         return self.logits(h3), [h1, h2, h3]
+
+
+class Critic(nn.Module):
+    """The discriminator's scoring part at inference: its stem, first strided conv and
+    self-attention block (D's features after attention, ``h2``), with the spectral norm folded
+    into plain weights so the exported graph holds ordinary convolutions.
+
+    Anomaly term (``discrepancy``): per position of the (G/2) grid, the mean squared difference
+    between the critic's features of the real map Z and of its reconstruction Ẑ, upsampled to G.
+    This is f-AnoGAN's discriminator-feature residual (Schlegl et al. 2019). D was trained to tell
+    real features from reconstructions, so its features weigh the directions in which a
+    reconstruction betrays itself, with the non-local context of the attention block: a defect
+    the autoencoder cannot rebuild differs there more than in plain feature space. The logits are
+    not used: D was trained to call reconstructions fake, not anomalies, and its real/fake logit on
+    test features ranks defects below good parts (measured, docs/model.md)."""
+
+    def __init__(self, in_channels: int, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 1), nn.LeakyReLU(0.2))
+        self.down1 = nn.Sequential(nn.Conv2d(width, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2))
+        self.attention = SelfAttention2d(width)
+        self.width = width
+
+    @classmethod
+    def from_discriminator(cls, disc: Discriminator) -> "Critic":
+        was_training = disc.training
+        disc.eval()  # eval: the spectral norm uses its current estimate, without a power iteration
+        with torch.no_grad():
+            # sets each layer's normalised weight as a plain tensor (after a training step it is
+            # part of an autograd graph, which cannot be copied)
+            disc(torch.zeros(1, disc.stem[0].in_channels, 4, 4, device=next(disc.parameters()).device))
+        copy = copy_module(disc).cpu()
+        disc.train(was_training)
+        for module in copy.modules():
+            if hasattr(module, "weight_orig"):
+                torch.nn.utils.remove_spectral_norm(module)
+        critic = cls(copy.stem[0].in_channels, copy.stem[0].out_channels)
+        critic.stem.load_state_dict(copy.stem.state_dict())
+        critic.down1.load_state_dict(copy.down1.state_dict())
+        critic.attention.load_state_dict(copy.attention.state_dict())
+        return critic.eval()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.down1(self.stem(x)))
+
+    def discrepancy(self, z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
+        """N×1×G×G: critic-feature residual of Z against Ẑ, on Z's grid."""
+        residual = (self.features(z) - self.features(z_hat)).pow(2).mean(dim=1, keepdim=True)
+        return F.interpolate(residual, size=z.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ Heads (``model.json: head``):
                   some parts; also the cheapest term (a d-dimensional matmul instead of C)
              res  the energy outside that subspace, ‖x‖² − ‖Vᵀx‖² — a linear autoencoder's
                   reconstruction error: faint defects on textured parts live there
+             gan  the SA-GAN critic's feature residual between Z and the AE's reconstruction Ẑ
+                  (sagan.Critic; the discriminator's scoring part, spectral norm folded)
            Only the terms with a non-zero weight are in the exported graph.
 
 Autoencoder discrepancy per grid cell: ``0.5·L2/mean(L2) + 0.5·(1−cos)/mean(1−cos)`` on the
@@ -43,13 +45,14 @@ from edge_inspector.preprocess.core import input_shape
 from edge_inspector.training.backbone import DEFAULT_TAPS, FeatureExtractor, Tap
 from edge_inspector.training.knn import KnnScorer
 from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_terms
+from edge_inspector.training.sagan import Critic
 
 HEADS = ("default", "aegan", "ae", "knn")
 AE_HEADS = ("default", "aegan", "ae")
 KNN_HEADS = ("default", "knn")
 GAN_HEADS = ("default", "aegan")
 KNN_FEATURES = ("raw", "standardised")
-TERMS = ("ae", "knn", "sub", "res")  # order of term_mean / term_std
+TERMS = ("ae", "knn", "sub", "res", "gan")  # order of term_mean / term_std
 
 
 @dataclass
@@ -68,6 +71,9 @@ class ModelConfig:
     subspace_dim: int = 0
     # model input (height, width); None = image_size × image_size (square, bundles before the option)
     input_shape: tuple[int, int] | None = None
+    # width of the GAN critic (the discriminator's scoring part, sagan.Critic) behind the default
+    # head's "gan" term; 0 = no critic in the model
+    critic_width: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -90,6 +96,7 @@ class ModelConfig:
             "knn_features": self.knn_features,
             "subspace_dim": self.subspace_dim,
             "input_shape": list(self.shape),
+            "critic_width": self.critic_width,
         }
 
     @classmethod
@@ -106,6 +113,7 @@ class ModelConfig:
             knn_features=d.get("knn_features", "standardised"),  # bundles from before the option
             subspace_dim=int(d.get("subspace_dim", 0)),
             input_shape=tuple(int(v) for v in d["input_shape"]) if d.get("input_shape") else None,
+            critic_width=int(d.get("critic_width", 0)),
         )
 
 
@@ -135,6 +143,8 @@ class InspectionModel(nn.Module):
         self.knn = (
             KnnScorer(torch.zeros(config.bank_size, channels)) if config.head in KNN_HEADS and config.bank_size > 0 else None
         )
+        self.critic = (Critic(channels, config.critic_width)
+                       if config.head == "default" and self.mdaae is not None and config.critic_width > 0 else None)
         # Fitted on good images after training (term_stats.py): AE term scales, per-term
         # standardisation for the default head, and the final score normalisation.
         self.register_buffer("ae_term_scales", torch.ones(2))  # mean L2, mean (1 − cos) on good images
@@ -157,8 +167,8 @@ class InspectionModel(nn.Module):
         return (self.backbone(image) - self.feature_mean) / self.feature_std
 
     # -- per-term grid maps ---------------------------------------------------------------
-    def ae_term(self, z: torch.Tensor) -> torch.Tensor:
-        l2, cos = reconstruction_terms(z, self.mdaae(z))
+    def ae_term(self, z: torch.Tensor, z_hat: torch.Tensor | None = None) -> torch.Tensor:
+        l2, cos = reconstruction_terms(z, self.mdaae(z) if z_hat is None else z_hat)
         return 0.5 * l2 / self.ae_term_scales[0] + 0.5 * cos / self.ae_term_scales[1]
 
     def knn_space(self, z: torch.Tensor) -> torch.Tensor:
@@ -171,14 +181,18 @@ class InspectionModel(nn.Module):
 
     def available_terms(self) -> tuple[str, ...]:
         have = {"ae": self.mdaae is not None, "knn": self.knn is not None,
-                "sub": self.knn_sub is not None, "res": self.subspace is not None}
+                "sub": self.knn_sub is not None, "res": self.subspace is not None, "gan": self.critic is not None}
         return tuple(t for t in TERMS if have[t])
 
     def term_grids(self, z: torch.Tensor, names) -> dict[str, torch.Tensor]:
         """The requested terms' grid maps N×1×G×G (unstandardised)."""
         out: dict[str, torch.Tensor] = {}
-        if "ae" in names:
-            out["ae"] = self.ae_term(z)
+        if "ae" in names or "gan" in names:
+            z_hat = self.mdaae(z)  # one autoencoder pass serves both terms
+            if "ae" in names:
+                out["ae"] = self.ae_term(z, z_hat)
+            if "gan" in names:
+                out["gan"] = self.critic.discrepancy(z, z_hat)
         if "knn" in names:
             out["knn"] = self.knn_term(z)
         if "sub" in names or "res" in names:

@@ -11,7 +11,7 @@ import torch
 
 from edge_inspector.errors import InputError
 from edge_inspector.training.sagan import GanSchedule
-from edge_inspector.training.scoring import HEADS, KNN_FEATURES
+from edge_inspector.training.scoring import HEADS, KNN_FEATURES, TERMS
 
 CALIBRATION_RULES = ("crossfit_tail", "holdout")
 GEOMETRIES = ("keep_aspect", "square")
@@ -54,6 +54,9 @@ class TrainSettings:
     # default head: fix the mix to {ae: this, knn: 1 − this}; None = choose the term weights on
     # synthetic anomalies drawn on the held-out good images (fusion.select_fusion_weights)
     fusion_ae_weight: Optional[float] = None
+    # default head: fix the term weights (e.g. {"ae": 0.5, "gan": 0.5}; the ablation rows of the
+    # model benchmark); None = chosen as above. Takes precedence over fusion_ae_weight.
+    fusion_weights: Optional[dict] = None
     knn_features: str = "raw"  # "raw" (PatchCore: mean-centred backbone features) or "standardised"
     subspace_dim: int = 64  # default head: principal subspace behind its "sub" and "res" terms
     curve_points: int = 20  # Fréchet-distance points tracked over a run (each costs an eigendecomposition)
@@ -90,6 +93,11 @@ def check_settings(settings: TrainSettings) -> None:
         raise InputError(f"knn_features {settings.knn_features!r}: use {' or '.join(KNN_FEATURES)}")
     if settings.fusion_ae_weight is not None and not 0.0 <= settings.fusion_ae_weight <= 1.0:
         raise InputError(f"fusion_ae_weight {settings.fusion_ae_weight} must be in [0, 1]")
+    if settings.fusion_weights is not None:
+        bad = {t: w for t, w in settings.fusion_weights.items() if t not in TERMS or not float(w) >= 0.0}
+        if bad or not any(float(w) > 0 for w in settings.fusion_weights.values()):
+            raise InputError(f"fusion_weights {settings.fusion_weights}: terms from {', '.join(TERMS)}, "
+                             "weights ≥ 0, at least one > 0")
     if settings.subspace_dim < 0:
         raise InputError(f"subspace_dim {settings.subspace_dim} must be ≥ 0 (0: no subspace terms)")
     if settings.calibration not in CALIBRATION_RULES:

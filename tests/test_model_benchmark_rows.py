@@ -1,0 +1,33 @@
+"""The model benchmark's ablation rows: which fixed weights each row gets from the default's."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from benchmarks.model_benchmark import ABLATIONS, MIXES, ablation_weights  # noqa: E402
+from edge_inspector.training.scoring import TERMS  # noqa: E402
+
+
+def _full(**weights):
+    return {t: float(weights.get(t, 0.0)) for t in TERMS}
+
+
+def test_removing_a_term_renormalises_the_rest():
+    default = _full(sub=0.6, ae=0.2, gan=0.2)
+    assert ablation_weights("default_without_gan", default) == {"sub": 0.75, "ae": 0.25}
+    assert ablation_weights("default_without_ae", default) == {"sub": 0.75, "gan": 0.25}
+    assert ablation_weights("gan_only", default) == {"gan": 1.0}
+
+
+def test_rows_that_would_repeat_another_are_skipped():
+    assert ablation_weights("default_without_ae", _full(sub=1.0)) is None  # nothing to remove
+    assert ablation_weights("default_without_gan", _full(gan=1.0)) is None  # nothing would be left
+    assert ablation_weights("default_without_gan", _full(ae=0.5, gan=0.5)) == {"ae": 1.0}
+
+
+def test_every_mix_names_known_terms_and_sums_to_one():
+    for weights in MIXES.values():
+        assert set(weights) <= set(TERMS) and sum(weights.values()) == pytest.approx(1.0)
+    assert not set(MIXES) & set(ABLATIONS)
