@@ -245,7 +245,7 @@ def select_fusion_weights(model, good_images: torch.Tensor, device: str = "cpu",
     seen = max(row["pixel_auroc"] for row in table)
     informative = seen >= MIN_SYNTHETIC_PIXEL_AUROC
     # Synthetic defects no candidate can locate carry no evidence for a ranking (on kolektorsdd
-    # every candidate scored pixel AUROC 0.36–0.43 and image AUROC ≈ 0.50 on them): take
+    # every candidate scored pixel AUROC 0.36–0.44 and image AUROC ≈ 0.50 on them): take
     # the prior rather than a winner drawn from noise (the first candidate if the model lacks a
     # term of the prior).
     prior = PRIOR if set(PRIOR) <= have else dict(table[0]["weights"])
