@@ -211,6 +211,21 @@ def test_quantize_writes_an_int8_backbone_bundle_that_still_ranks_defects(defaul
     assert "--out must differ" in capsys.readouterr().err
 
 
+def test_quantize_that_cannot_keep_the_score_units_leaves_no_bundle(default_bundle, synthetic, tmp_path, capsys,
+                                                                      monkeypatch):
+    import edge_inspector.training.quantize as quantize
+
+    # the integer graph's scores running against the float ones: refused, and nothing half-written stays
+    monkeypatch.setattr(quantize, "_scores", lambda path, inputs, threads: (
+        np.zeros((len(inputs), 1, SIZE, SIZE), np.float32),
+        np.arange(len(inputs), dtype=np.float32) * (-1.0 if Path(path).parent.name == "int8" else 1.0)))
+    out = tmp_path / "int8"
+    assert main(["quantize", "--model", str(default_bundle), "--data", str(synthetic), "--out", str(out),
+                 "--images", "4"]) == 2
+    assert "do not track" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_train_cli_names_the_terms_the_default_head_chose(synthetic, tmp_path, capsys):
     out = tmp_path / "m"
     assert main(["train", "--data", str(synthetic), "--out", str(out), "--head", "default", "--iterations", "4",

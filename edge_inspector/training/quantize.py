@@ -88,8 +88,7 @@ def _scores(onnx_path: Path, inputs: np.ndarray, threads: int) -> tuple[np.ndarr
 def quantize_bundle(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, n_images: int = 64,
                     seed: int = 0, threads: int = 2) -> dict:
     """Write an INT8-backbone copy of bundle ``model_dir`` to ``out_dir``; returns its metadata."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader
 
     if n_images < 1:
         raise InputError(f"--images {n_images} must be ≥ 1")
@@ -115,6 +114,19 @@ def quantize_bundle(model_dir: str | Path, data_dir: str | Path, out_dir: str | 
             return next(self.items, None)
 
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _quantize_into(bundle, inputs, names, nodes, out, seed, threads, Reader)
+    except BaseException:
+        # no half-written bundle is left behind: a folder with a model.onnx and no model.json
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _quantize_into(bundle, inputs: np.ndarray, names: list[str], nodes: list[str], out: Path, seed: int,
+                   threads: int, reader_class) -> dict:
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     target = out / ONNX_NAME
     ort.set_default_logger_severity(3)
     # The quantiser warns (root logger, stdout) for every integer shape tensor of the padding
@@ -122,7 +134,7 @@ def quantize_bundle(model_dir: str | Path, data_dir: str | Path, out_dir: str | 
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), _logging_restored():
         quantize_static(
-            str(bundle.onnx_path), str(Path(tmp) / ONNX_NAME), Reader(),
+            str(bundle.onnx_path), str(Path(tmp) / ONNX_NAME), reader_class(),
             quant_format=QuantFormat.QOperator, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=nodes,
@@ -156,8 +168,8 @@ def quantize_bundle(model_dir: str | Path, data_dir: str | Path, out_dir: str | 
     meta["onnx_sha256"] = file_sha256(target)
     write_meta(out, meta)
     for name in (CHECKPOINT_NAME, CURVE_NAME):
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
+        if (bundle.directory / name).is_file():
+            shutil.copy2(bundle.directory / name, out / name)
     return meta
 
 
