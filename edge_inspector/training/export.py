@@ -90,14 +90,19 @@ def parity_images(shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
     return torch.stack([gradient, noise, flat]).float()
 
 
-def parity_check(model: InspectionModel, onnx_path: Path, images: torch.Tensor, threads: int = 2) -> dict:
-    """Max |torch − onnxruntime| on map and score for ``images``."""
+def cpu_session(onnx_path: Path, threads: int = 2):
+    """A plain CPU onnxruntime session for checks on a graph file (not the runtime engine)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def parity_check(model: InspectionModel, onnx_path: Path, images: torch.Tensor, threads: int = 2) -> dict:
+    """Max |torch − onnxruntime| on map and score for ``images``."""
+    session = cpu_session(onnx_path, threads)
     with torch.no_grad():
         torch_map, torch_score = model.cpu().eval()(images.float())
     ort_map, ort_score = session.run(["anomaly_map", "score"], {"image": images.float().numpy()})
@@ -140,13 +145,13 @@ def export_bundle(model: InspectionModel, meta: dict, out_dir: Path, sample_imag
     parity = export_with_parity(model, meta, onnx_path, sample_images)
     meta["export"]["parity"] = parity
     # Rewrite the ONNX metadata with the parity result included (the graph itself is unchanged).
-    _replace_metadata(onnx_path, meta)
+    replace_metadata(onnx_path, meta)
     meta["onnx_sha256"] = file_sha256(onnx_path)
     write_meta(out_dir, meta)
     return meta
 
 
-def _replace_metadata(onnx_path: Path, meta: dict) -> None:
+def replace_metadata(onnx_path: Path, meta: dict) -> None:
     import onnx
 
     proto = onnx.load(str(onnx_path))
@@ -218,6 +223,6 @@ def cli_export(args) -> int:
         print(f"edge-inspector export: error: {exc}", file=sys.stderr)
         return 1
     meta["export"] = {"opset": OPSET, "parity": parity}
-    _replace_metadata(out, meta)
+    replace_metadata(out, meta)
     print(json.dumps({"onnx": str(out), "sha256": file_sha256(out), "head": meta.get("head"), "parity": parity}))
     return 0

@@ -39,7 +39,7 @@ from edge_inspector.inference.bundle import ONNX_NAME, file_sha256, load_bundle,
 from edge_inspector.logging import get_logger
 from edge_inspector.training.evaluate import make_preprocessor
 from edge_inspector.training.assemble import CURVE_NAME
-from edge_inspector.training.export import CHECKPOINT_NAME, _replace_metadata
+from edge_inspector.training.export import CHECKPOINT_NAME, cpu_session, replace_metadata
 
 log = get_logger(__name__)
 
@@ -57,11 +57,19 @@ def calibration_inputs(bundle, data_dir: str | Path, n_images: int, seed: int) -
 
 
 @contextlib.contextmanager
-def _logging_restored():
+def _quiet_quantiser():
+    """The quantiser warns (root logger, stdout, onnxruntime's log) for every integer shape tensor
+    of the padding subgraphs it leaves alone: hundreds of lines that say nothing about the result."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    logging.disable(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logging.disable(logging.NOTSET)
+        ort.set_default_logger_severity(2)
 
 
 def backbone_nodes(onnx_path: Path) -> list[str]:
@@ -72,24 +80,14 @@ def backbone_nodes(onnx_path: Path) -> list[str]:
 
 
 def _scores(onnx_path: Path, inputs: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    maps, scores = [], []
-    for i in range(0, len(inputs), 8):
-        m, s = session.run(["anomaly_map", "score"], {"image": inputs[i : i + 8]})
-        maps.append(m)
-        scores.append(s)
-    return np.concatenate(maps), np.concatenate(scores)
+    session = cpu_session(onnx_path, threads)
+    outputs = [session.run(["anomaly_map", "score"], {"image": inputs[i : i + 8]}) for i in range(0, len(inputs), 8)]
+    return np.concatenate([m for m, _ in outputs]), np.concatenate([s for _, s in outputs])
 
 
 def quantize_bundle(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, n_images: int = 64,
                     seed: int = 0, threads: int = 2) -> dict:
     """Write an INT8-backbone copy of bundle ``model_dir`` to ``out_dir``; returns its metadata."""
-    from onnxruntime.quantization import CalibrationDataReader
-
     if n_images < 1:
         raise InputError(f"--images {n_images} must be ≥ 1")
     src = Path(model_dir)
@@ -106,16 +104,9 @@ def quantize_bundle(model_dir: str | Path, data_dir: str | Path, out_dir: str | 
     if not nodes:
         raise InputError(f"{bundle.onnx_path}: no backbone nodes (names starting {BACKBONE_PREFIX!r}) to quantise")
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{"image": inputs[i : i + 1]} for i in range(len(inputs))])
-
-        def get_next(self):
-            return next(self.items, None)
-
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _quantize_into(bundle, inputs, names, nodes, out, seed, threads, Reader)
+        return _quantize_into(bundle, inputs, names, nodes, out, seed, threads)
     except BaseException:
         # no half-written bundle is left behind: a folder with a model.onnx and no model.json
         shutil.rmtree(out, ignore_errors=True)
@@ -123,25 +114,27 @@ def quantize_bundle(model_dir: str | Path, data_dir: str | Path, out_dir: str | 
 
 
 def _quantize_into(bundle, inputs: np.ndarray, names: list[str], nodes: list[str], out: Path, seed: int,
-                   threads: int, reader_class) -> dict:
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+                   threads: int) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": inputs[i : i + 1]} for i in range(len(inputs))])
+
+        def get_next(self):
+            return next(self.items, None)
 
     target = out / ONNX_NAME
-    ort.set_default_logger_severity(3)
-    # The quantiser warns (root logger, stdout) for every integer shape tensor of the padding
-    # subgraphs it leaves alone: hundreds of lines that say nothing about the result.
-    logging.disable(logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), _logging_restored():
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantiser():
         quantize_static(
-            str(bundle.onnx_path), str(Path(tmp) / ONNX_NAME), reader_class(),
+            str(bundle.onnx_path), str(Path(tmp) / ONNX_NAME), Reader(),
             quant_format=QuantFormat.QOperator, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=nodes,
         )
         shutil.move(str(Path(tmp) / ONNX_NAME), target)
     float_maps, float_scores = _scores(bundle.onnx_path, inputs, threads)
-    raw_maps, raw_scores = _scores(target, inputs, threads)
+    _, raw_scores = _scores(target, inputs, threads)
     gain, offset = score_alignment(raw_scores, float_scores, bundle.onnx_path)
     append_affine_outputs(target, gain, offset)
     int8_maps, int8_scores = _scores(target, inputs, threads)
@@ -164,7 +157,7 @@ def _quantize_into(bundle, inputs: np.ndarray, names: list[str], nodes: list[str
             "map_max_abs": round(float(np.max(np.abs(int8_maps - float_maps))), 5),
         },
     }
-    _replace_metadata(target, meta)
+    replace_metadata(target, meta)
     meta["onnx_sha256"] = file_sha256(target)
     write_meta(out, meta)
     for name in (CHECKPOINT_NAME, CURVE_NAME):

@@ -96,7 +96,7 @@ class Critic(nn.Module):
     reconstruction betrays itself, with the non-local context of the attention block: a defect
     the autoencoder cannot rebuild differs there more than in plain feature space. The logits are
     not used: D was trained to call reconstructions fake, not anomalies, and its real/fake logit on
-    test features ranks defects below good parts (measured, docs/model.md)."""
+    test features ranked defects below good parts (a scratch experiment, docs/model.md)."""
 
     def __init__(self, in_channels: int, width: int = 64) -> None:
         super().__init__()
