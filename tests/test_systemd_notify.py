@@ -60,12 +60,11 @@ def test_send_failure_never_raises(tmp_path):
 
 
 def test_watchdog_pings_while_fresh_stops_when_a_stage_stalls_and_resumes(listener):
-    control = FakeControl()
+    # live: the stages not stalled by hand keep beating, however long the test takes on a slow
+    # machine (a fixed beat time made them "stall" too once a run passed the timeout)
+    control = FakeControl(live=True)
     env = {"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "200000"}  # ping every 0.1 s
-    # The other stages last beat when FakeControl was made and are not beaten again: the timeout
-    # must outlast the whole test on a slow machine (with 5 s, a run past 5 s saw them "stall" too
-    # and the resumed ping never came). The stalled stage below is 50 s old, past either value.
-    loop = WatchdogLoop(SystemdNotifier(environ=env), control.stage_heartbeats, heartbeat_timeout_s=30.0, status=control.status)
+    loop = WatchdogLoop(SystemdNotifier(environ=env), control.stage_heartbeats, heartbeat_timeout_s=5.0, status=control.status)
     loop.start()
     try:
         listener.drain(0.5)

@@ -13,8 +13,12 @@ class FakeControl:
     """Implements observer.PipelineControl. Heartbeats are ages computed from ``beat()`` times,
     so a test can stall one stage (stop calling beat for it) while the others keep beating."""
 
-    def __init__(self, stages=("acquisition", "preprocess", "inference", "postprocess", "publish")):
+    def __init__(self, stages=("acquisition", "preprocess", "inference", "postprocess", "publish"), live: bool = False):
+        """``live``: every stage not stalled by hand reports a fresh beat, as a running pipeline's
+        stages do — so a watchdog test does not depend on how long the test itself takes."""
         self._last_beat = {stage: time.monotonic() for stage in stages}
+        self._live = live
+        self._stalled: set[str] = set()
         self._lock = threading.Lock()
         self.threshold = 0.5
         self.frame: Optional[np.ndarray] = None
@@ -33,10 +37,12 @@ class FakeControl:
         with self._lock:
             for stage in stages or tuple(self._last_beat):
                 self._last_beat[stage] = time.monotonic()
+                self._stalled.discard(stage)
 
     def stall(self, stage: str, seconds_ago: float) -> None:
         with self._lock:
             self._last_beat[stage] = time.monotonic() - seconds_ago
+            self._stalled.add(stage)
 
     # --- PipelineControl ---
     def reload(self, config_path: Optional[str] = None):
@@ -71,4 +77,5 @@ class FakeControl:
     def stage_heartbeats(self) -> dict[str, float]:
         now = time.monotonic()
         with self._lock:
-            return {stage: now - t for stage, t in self._last_beat.items()}
+            return {stage: (now - t if stage in self._stalled or not self._live else 0.0)
+                    for stage, t in self._last_beat.items()}
