@@ -110,6 +110,19 @@ def remeasure(json_path: Path, runs: int, threads: int) -> dict:
     return report
 
 
+def cross_dataset_means(report: dict) -> dict:
+    """Per row, image / pixel AUROC averaged over the datasets that have that row (all of them, or
+    the row is left out): the figure issue 13's ablation compares."""
+    datasets = [d["heads"] for d in report["datasets"].values() if "heads" in d]
+    rows = {r for heads in datasets for r in heads}
+    means = {}
+    for row in sorted(rows):
+        if datasets and all(row in heads for heads in datasets):
+            means[row] = {k: round(sum(heads[row][k] for heads in datasets) / len(datasets), 4)
+                          for k in ("image_auroc", "pixel_auroc")}
+    return {"datasets": [n for n, d in report["datasets"].items() if "heads" in d], "rows": means}
+
+
 def reuse_autoencoder(model_dir: Path):
     """(Components with the trained MDAAE and its curve, feature mean, feature std) from a bundle."""
     from edge_inspector.training.export import load_checkpoint
@@ -215,7 +228,8 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         rows += ([] if args.no_ablation else list(ABLATIONS)) + (list(MIXES) if args.mixes else [])
     for head in rows:
         out = work / name / head
-        if head in ABLATIONS or head in MIXES:
+        fixed_row = head in ABLATIONS or head in MIXES  # the default head's parts with fixed weights
+        if fixed_row:
             weights = MIXES.get(head) or ablation_weights(head, results["default"]["fusion_weights"])
             if weights is None:
                 continue
@@ -241,10 +255,10 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         )
         row["threshold_rule"] = meta["threshold_calibration"].get("rule")
         row["threshold_calibration"] = meta["threshold_calibration"]  # both rules, with the tail fit
-        if head == "default" or head in ABLATIONS or head in MIXES:
+        if head == "default" or fixed_row:
             row["fusion_weights"] = meta.get("fusion_weights")
             row["fusion_selection"] = meta["score_normalisation"].get("fusion", {}).get("selection")
-        if head in ("knn", "default") or head in ABLATIONS or head in MIXES:
+        if head in ("knn", "default") or fixed_row:
             row["knn_features"] = meta.get("knn_features")
         results[head] = row
         print(json.dumps({"dataset": name, "head": head, **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro_30", "ms_per_image")}}),
@@ -291,11 +305,17 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", default=None, metavar="WORKDIR",
                    help="reuse the autoencoders trained by an earlier run (its --workdir, holding result.json); "
                         "rebuilds the kNN bank and re-assembles and re-evaluates all heads")
+    p.add_argument("--summarise", default=None, metavar="RESULT.json",
+                   help="only add the cross-dataset means (report['means']) to an earlier result")
     p.add_argument("--remeasure", default=None, metavar="RESULT.json",
                    help="only re-run latency/RSS for the bundles listed in an earlier result (needs its --workdir)")
     args = p.parse_args(argv)
-    if args.remeasure:
-        report = remeasure(Path(args.remeasure), args.bench_runs, args.threads)
+    if args.remeasure or args.summarise:
+        if args.remeasure:
+            report = remeasure(Path(args.remeasure), args.bench_runs, args.threads)
+        else:
+            report = json.loads(Path(args.summarise).read_text())
+        report["means"] = cross_dataset_means(report)
         text = json.dumps(report, indent=1)
         print(text)
         if args.json_out:
@@ -324,6 +344,7 @@ def main(argv=None) -> int:
             Path(args.json_out).write_text(json.dumps(report, indent=1))
         (work / "result.json").write_text(json.dumps(report, indent=1))
     report["total_s"] = round(time.perf_counter() - started, 1)
+    report["means"] = cross_dataset_means(report)
     text = json.dumps(report, indent=1)
     print(text)
     if args.json_out:
