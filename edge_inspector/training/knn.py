@@ -66,7 +66,13 @@ class KnnScorer(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         n, c, h, w = z.shape
         flat = z.flatten(2).transpose(1, 2)  # N × HW × C
-        cross = torch.matmul(flat, self.bank_t)  # N × HW × M
-        squared = flat.pow(2).sum(dim=2, keepdim=True) - 2.0 * cross + self.bank_sq
-        nearest = squared.amin(dim=2).clamp_min(0.0).sqrt()
-        return nearest.view(n, 1, h, w)
+        # ‖z − m‖² = ‖z‖² + (‖m‖² − 2 z·m): the query's own norm is the same for every bank entry,
+        # so it is added after the min, and ‖m‖² − 2 z·m is one matmul of [z, 1] with [−2m; ‖m‖²]
+        # (folded into one constant at export). The HW × M matrix is then written once and read
+        # once by the min, where the textbook form made three more passes over it (scale, add,
+        # subtract; onnxruntime fuses only the scale).
+        ones = torch.ones_like(flat[..., :1])
+        bank = torch.cat([-2.0 * self.bank_t, self.bank_sq[None]], dim=0)  # (C+1) × M
+        partial = torch.matmul(torch.cat([flat, ones], dim=2), bank)  # N × HW × M
+        squared = flat.pow(2).sum(dim=2) + partial.amin(dim=2)
+        return squared.clamp_min(0.0).sqrt().view(n, 1, h, w)
