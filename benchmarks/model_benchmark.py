@@ -36,8 +36,10 @@ DATASETS = {
 HEAD_ORDER = ("ae", "aegan", "knn", "default")
 # Ablation rows of the default head, built from the very same trained parts with fixed term
 # weights (TrainSettings.fusion_weights): the GAN critic's term alone, and the default's own
-# weights with the AE term or the GAN term taken out (the rest renormalised to sum 1).
-ABLATIONS = ("gan_only", "default_without_ae", "default_without_gan")
+# weights with the AE term, the GAN term or the memory terms (kNN, subspace, residual) taken out
+# (the rest renormalised to sum 1; the last is the default's AE-GAN alone).
+ABLATIONS = ("gan_only", "default_without_ae", "default_without_gan", "default_without_memory")
+MEMORY_TERMS = ("knn", "sub", "res")
 # --mixes: further fixed term mixes of the same trained parts, evaluated on the test defects (for
 # the record only: the default head chooses its weights on good images, fusion.py)
 MIXES = {
@@ -160,9 +162,10 @@ def ablation_weights(row: str, default_weights: dict) -> dict | None:
     (the term it removes has weight 0) or would have no term left."""
     if row == "gan_only":
         return {"gan": 1.0}
-    term = {"default_without_ae": "ae", "default_without_gan": "gan"}[row]
-    rest = {t: float(w) for t, w in default_weights.items() if t != term and float(w) > 0}
-    if not float(default_weights.get(term, 0.0)) or not rest:
+    removed = {"default_without_ae": ("ae",), "default_without_gan": ("gan",),
+               "default_without_memory": MEMORY_TERMS}[row]
+    rest = {t: float(w) for t, w in default_weights.items() if t not in removed and float(w) > 0}
+    if not any(float(default_weights.get(t, 0.0)) for t in removed) or not rest:
         return None
     total = sum(rest.values())
     return {t: round(w / total, 6) for t, w in rest.items()}

@@ -19,12 +19,17 @@ def test_removing_a_term_renormalises_the_rest():
     assert ablation_weights("default_without_gan", default) == {"sub": 0.75, "ae": 0.25}
     assert ablation_weights("default_without_ae", default) == {"sub": 0.75, "gan": 0.25}
     assert ablation_weights("gan_only", default) == {"gan": 1.0}
+    assert ablation_weights("default_without_memory", default) == {"ae": 0.5, "gan": 0.5}
+    mixed = _full(knn=0.7, res=0.1, ae=0.1, gan=0.1)  # every memory term goes, not only the first
+    assert ablation_weights("default_without_memory", mixed) == {"ae": 0.5, "gan": 0.5}
 
 
 def test_rows_that_would_repeat_another_are_skipped():
     assert ablation_weights("default_without_ae", _full(sub=1.0)) is None  # nothing to remove
     assert ablation_weights("default_without_gan", _full(gan=1.0)) is None  # nothing would be left
     assert ablation_weights("default_without_gan", _full(ae=0.5, gan=0.5)) == {"ae": 1.0}
+    assert ablation_weights("default_without_memory", _full(ae=0.5, gan=0.5)) is None  # no memory term
+    assert ablation_weights("default_without_memory", _full(knn=1.0)) is None  # nothing would be left
 
 
 def test_every_mix_names_known_terms_and_sums_to_one():

@@ -279,7 +279,7 @@ def test_any_term_mix_exports_with_parity_and_only_its_terms(default_bundle, tmp
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["parity"]["passed"] and report["parity"]["max_abs_diff_score"] < 1e-2
     shapes = {tuple(init.dims) for init in onnx.load(out).graph.initializer}
-    has_full_bank = any(len(d) == 2 and d[0] == 344 for d in shapes)
+    has_full_bank = any(len(d) == 2 and d[0] == 344 + 1 for d in shapes)  # [−2m; ‖m‖²], KnnScorer
     assert has_full_bank == ("knn" in weights)  # a term with weight 0 is not in the graph
     names = {init.name for init in onnx.load(out).graph.initializer}
     assert any(n.startswith("critic.") for n in names) == ("gan" in weights)
@@ -318,6 +318,18 @@ def test_the_default_head_carries_the_gan_critic(default_bundle):
     assert model.critic is not None and meta["critic_width"] == model.critic.width == 64
     assert "gan" in model.available_terms() and "gan" in meta["fusion_weights"]
     assert meta["score_normalisation"]["term_std"]["gan"] > 0
+
+
+def test_train_default_runs_the_fused_ae_gan_in_the_exported_graph(default_bundle):
+    """Whatever memory term the good-only selection adds, the station's graph holds the AE decoder
+    and the GAN critic, both with a non-zero weight (issue 13)."""
+    import onnx
+
+    meta = json.loads((default_bundle / "model.json").read_text())
+    assert meta["fusion_weights"]["ae"] > 0 and meta["fusion_weights"]["gan"] > 0
+    names = {init.name for init in onnx.load(default_bundle / "model.onnx").graph.initializer}
+    assert any(n.startswith("mdaae.decoder.") for n in names)
+    assert any(n.startswith("critic.") for n in names)
 
 
 def test_fixed_fusion_weights_are_checked(synthetic, tmp_path, capsys):
@@ -562,7 +574,9 @@ class _StubTerms:
         return torch.nn.functional.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-@pytest.mark.parametrize("informative, expected", [("knn", {"knn": 1.0}), ("sub", {"sub": 1.0})])
+@pytest.mark.parametrize("informative, expected", [("knn", {"knn": 0.8, "ae": 0.1, "gan": 0.1}),
+                                                   ("sub", {"sub": 0.8, "ae": 0.1, "gan": 0.1}),
+                                                   ("gan", {"ae": 0.5, "gan": 0.5})])
 def test_fusion_selection_picks_the_informative_term(synthetic, informative, expected):
     from edge_inspector.training.fusion import CANDIDATES, full_weights, select_fusion_weights
 
@@ -570,21 +584,23 @@ def test_fusion_selection_picks_the_informative_term(synthetic, informative, exp
     weights, selection = select_fusion_weights(_StubTerms(informative, good), good, seed=0)
     assert weights == full_weights(expected) == selection["weights"]
     assert [row["weights"] for row in selection["candidates"]] == list(CANDIDATES)
+    # whichever memory term the draws favour, the station runs the fused AE-GAN
+    assert all(row["weights"]["ae"] > 0 and row["weights"]["gan"] > 0 for row in selection["candidates"])
     assert selection["n_synthetic_per_draw"] == good.shape[0]
     assert selection["contrast"] == 0.3
     assert all(len(row["pixel_auroc_draws"]) == selection["draws"] == 6 for row in selection["candidates"])
 
 
-def test_fusion_selection_keeps_the_first_candidate_when_no_term_sees_the_synthetic_defects(synthetic):
-    from edge_inspector.training.fusion import CANDIDATES, PRIOR, full_weights, select_fusion_weights
+def test_fusion_selection_takes_the_ae_gan_prior_when_no_term_sees_the_synthetic_defects(synthetic):
+    from edge_inspector.training.fusion import PRIOR, full_weights, select_fusion_weights
 
     good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
     weights, selection = select_fusion_weights(_StubTerms("nothing", good), good, seed=0)  # every term is noise
     assert not selection["informative"] and selection["best_synthetic_pixel_auroc"] < 0.6
     assert weights == full_weights(PRIOR) == full_weights({"ae": 0.5, "gan": 0.5})
-    # a model without the GAN critic falls back to the first candidate it can compute
+    # a model without the GAN critic (a checkpoint from before it) takes the prior's AE term
     weights, _ = select_fusion_weights(_StubTerms("nothing", good, terms=("ae", "knn", "sub", "res")), good, seed=0)
-    assert weights == full_weights(CANDIDATES[0])
+    assert weights == full_weights({"ae": 1.0})
     _, informed = select_fusion_weights(_StubTerms("knn", good), good, seed=0)
     assert informed["informative"]
 
@@ -594,8 +610,10 @@ def test_fusion_selection_only_offers_candidates_the_model_can_compute(synthetic
 
     good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
     weights, selection = select_fusion_weights(_StubTerms("knn", good, terms=("ae", "knn")), good, seed=0)
-    assert [row["weights"] for row in selection["candidates"]] == [{"knn": 1.0}, {"knn": 0.8, "ae": 0.2}]
-    assert weights["knn"] == 1.0 and weights["sub"] == weights["res"] == 0.0
+    # candidates needing the subspace or residual are left out; the missing critic is dropped and
+    # the rest renormalised
+    assert [row["weights"] for row in selection["candidates"]] == [{"knn": 0.888889, "ae": 0.111111}, {"ae": 1.0}]
+    assert weights["knn"] == 0.888889 and weights["sub"] == weights["res"] == weights["gan"] == 0.0
 
 
 def test_synthetic_anomalies_are_blended_in_at_the_given_contrast(synthetic):
@@ -628,6 +646,7 @@ def test_default_head_chooses_its_fusion_weight_without_test_images(synthetic, t
     import shutil
 
     import edge_inspector.datasets as datasets
+    from edge_inspector.training.fusion import CANDIDATES
 
     data = tmp_path / "goodonly"
     shutil.copytree(synthetic / "train", data / "train")  # no test/ at all
@@ -639,6 +658,6 @@ def test_default_head_chooses_its_fusion_weight_without_test_images(synthetic, t
     assert meta["fusion_weights"] == selection["weights"]
     assert list(meta["fusion_weights"]) == ["ae", "knn", "sub", "res", "gan"]
     assert abs(sum(meta["fusion_weights"].values()) - 1.0) < 1e-9
-    assert len(selection["candidates"]) == 9
+    assert [row["weights"] for row in selection["candidates"]] == list(CANDIDATES)
     assert meta["subspace_dim"] == 64
     assert meta["knn_features"] == "raw"

@@ -38,18 +38,18 @@ import torch
 
 from edge_inspector.training.metrics import image_auroc, pixel_auroc
 
-# Cheapest first (ties go to the earlier one): the subspace distance is a 64-d matmul, the full kNN
-# a 344-d one, the AE a network pass, the GAN critic a second small pass on top of the AE's. Each
-# extra term enters at a fifth or a half.
+# Every candidate is the fused AE-GAN — the MDAAE's reconstruction term and the GAN critic's
+# residual — plus a memory term (the subspace or full kNN distance) at most: the draws choose how
+# much memory, never whether the AE-GAN runs. Fixed mixes measured on the three dev sets
+# (docs/model.md): the subspace term suits bottle, the full kNN term tire, the AE-GAN alone
+# kolektorsdd; taking the AE or the critic out of each set's mix lowers the mean pixel AUROC.
+# Cheapest first (ties go to the earlier one): the subspace distance is a 64-d matmul, the full
+# kNN a 344-d one.
 CANDIDATES: tuple[dict[str, float], ...] = (
-    {"sub": 1.0},
-    {"knn": 1.0},
-    {"sub": 0.8, "ae": 0.2},
-    {"knn": 0.8, "res": 0.2},
-    {"knn": 0.5, "sub": 0.5},
-    {"knn": 0.8, "ae": 0.2},
+    {"sub": 0.8, "ae": 0.1, "gan": 0.1},
     {"sub": 0.6, "ae": 0.2, "gan": 0.2},
-    {"knn": 0.6, "ae": 0.2, "gan": 0.2},
+    {"knn": 0.8, "ae": 0.1, "gan": 0.1},
+    {"knn": 0.7, "res": 0.1, "ae": 0.1, "gan": 0.1},
     {"ae": 0.5, "gan": 0.5},
 )
 # What the station runs when the synthetic draws are uninformative (below): the paper's model, the
@@ -197,6 +197,24 @@ def fixed_fusion(weights: dict, available) -> dict[str, float]:
     return used
 
 
+def restrict_candidates(candidates, have) -> list[dict[str, float]]:
+    """The candidates a model can compute. A candidate naming a term the model lacks is left out —
+    except the GAN critic, which checkpoints from before it lack: there it is dropped and the rest
+    renormalised to sum 1 (repeats offered once)."""
+    out: list[dict[str, float]] = []
+    for weights in candidates:
+        if set(weights) - set(have) - {"gan"}:
+            continue
+        kept = {t: w for t, w in weights.items() if t in have}
+        total = sum(kept.values())
+        if total <= 0:
+            continue
+        kept = {t: round(w / total, 6) for t, w in kept.items()}
+        if kept not in out:
+            out.append(kept)
+    return out
+
+
 def full_weights(weights: dict[str, float]) -> dict[str, float]:
     """Every term named (0 for the unused ones), in TERMS order, for model.json."""
     from edge_inspector.training.scoring import TERMS
@@ -211,11 +229,11 @@ def select_fusion_weights(model, good_images: torch.Tensor, device: str = "cpu",
     """Pick the default head's term weights on faint synthetic anomalies over held-out good images.
 
     ``model`` is a default-head InspectionModel whose term statistics are already fitted; candidates
-    naming a term the model cannot compute are left out. ``good_features``: the standardised
+    are reduced to the terms the model can compute (``restrict_candidates``). ``good_features``: the standardised
     features of ``good_images`` when the caller has them already (saves a backbone pass)."""
     size = tuple(good_images.shape[-2:])
     have = set(model.available_terms())
-    usable = [c for c in candidates if set(c) <= have]
+    usable = restrict_candidates(candidates, have)
     if not usable:
         raise ValueError(f"no fusion candidate uses only the terms this model has ({sorted(have)})")
     names = sorted({t for c in usable for t in c})
@@ -246,9 +264,9 @@ def select_fusion_weights(model, good_images: torch.Tensor, device: str = "cpu",
     informative = seen >= MIN_SYNTHETIC_PIXEL_AUROC
     # Synthetic defects no candidate can locate carry no evidence for a ranking (on kolektorsdd
     # every candidate scored pixel AUROC 0.36–0.44 and image AUROC ≈ 0.50 on them): take
-    # the prior rather than a winner drawn from noise (the first candidate if the model lacks a
-    # term of the prior).
-    prior = PRIOR if set(PRIOR) <= have else dict(table[0]["weights"])
+    # the prior rather than a winner drawn from noise (reduced to the terms the model has, as the
+    # candidates are).
+    prior = (restrict_candidates([PRIOR], have) or [dict(table[0]["weights"])])[0]
     chosen = choose(table) if informative else dict(prior)
     return full_weights(chosen), {
         "informative": informative,
