@@ -1,7 +1,8 @@
 """Training footprint: peak RSS and wall time of ``edge-inspector train`` under ``/usr/bin/time -v``.
 
-Two training sets:
-  * ``kolektorsdd``: the dev set as it is (263 train/good images);
+Training sets:
+  * ``kolektorsdd``, ``tire``, ``bottle``: the dev sets as they are (263, 210 and 209 train/good
+    images; tire's frames are the largest, so its model input is too: 352 × 256);
   * ``mixed600``: 600 good images as a temporary folder of symlinks (never copies) under the work
     dir: kolektorsdd's 263, tire's 210 and the first 127 of bottle's train/good by name. Mixed
     products make a poor model but an honest load: the same decoding, caching and coreset work as
@@ -32,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MIXED = (("kolektorsdd", None), ("mvtec_3d_ad/tire", None), ("mvtec_ad/bottle", 127))
+DEV_SETS = {"kolektorsdd": "kolektorsdd", "tire": "mvtec_3d_ad/tire", "bottle": "mvtec_ad/bottle"}
 
 
 def datasets_root() -> Path:
@@ -88,7 +90,7 @@ def run_training(source: Path, data: Path, out: Path, head: str, extra: list[str
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sets", nargs="+", default=["kolektorsdd", "mixed600"], choices=["kolektorsdd", "mixed600"])
+    p.add_argument("--sets", nargs="+", default=["kolektorsdd", "mixed600"], choices=[*DEV_SETS, "mixed600"])
     p.add_argument("--head", default="default")
     p.add_argument("--source", default=str(REPO), help="checkout whose edge_inspector is run (default: this one)")
     p.add_argument("--label", default="after", help="key of these runs in the JSON (e.g. before/after)")
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=source, capture_output=True, text=True).stdout.strip()
     runs = {}
     for name in args.sets:
-        data = datasets_root() / "kolektorsdd" if name == "kolektorsdd" else mixed_set(work)
+        data = datasets_root() / DEV_SETS[name] if name in DEV_SETS else mixed_set(work)
         runs[name] = run_training(source, data, work / args.label / name, args.head, args.train_args)
         print(json.dumps({"set": name, **runs[name]}), file=sys.stderr, flush=True)
     report = {}
