@@ -1,11 +1,12 @@
 """Choosing the default head's term weights from good images only.
 
 The default head is a weighted sum of standardised terms (``scoring.TERMS``: AE-GAN discrepancy,
-kNN distance, kNN distance inside the principal subspace, energy outside it, GAN critic residual). Which mix is right
+kNN distance, kNN distance inside the principal subspace, energy outside it, GAN critic residual):
+always the AE-GAN's two terms, plus a memory term where it helps. Which memory term, and how much,
 depends on the part, and the test set must not be used to find out — measured on the benchmark
 sets: bottle is best served by the subspace distance, tire by the full kNN distance plus the
-out-of-subspace energy, the opposite directions. So the weights are picked on *synthetic*
-anomalies drawn on the held-out good images:
+out-of-subspace energy, kolektorsdd by none. So the weights are picked on *synthetic* anomalies
+drawn on the held-out good images:
 
 - ``cutpaste``: a rectangle cut from another held-out good image (random position, flipped) and
   pasted elsewhere — a plausible, locally realistic texture in the wrong place;
@@ -40,9 +41,10 @@ from edge_inspector.training.metrics import image_auroc, pixel_auroc
 
 # Every candidate is the fused AE-GAN — the MDAAE's reconstruction term and the GAN critic's
 # residual — plus a memory term (the subspace or full kNN distance) at most: the draws choose how
-# much memory, never whether the AE-GAN runs. Fixed mixes measured on the three dev sets
-# (docs/model.md): the subspace term suits bottle, the full kNN term tire, the AE-GAN alone
-# kolektorsdd; taking the AE or the critic out of each set's mix lowers the mean pixel AUROC.
+# much memory, never whether the AE-GAN runs. On the three dev sets the draws pick the subspace
+# term for bottle, the full kNN term for tire, the AE-GAN alone for kolektorsdd, and taking the AE
+# or the critic out of each set's mix lowers the mean pixel AUROC (docs/benchmarks.md, "Fused
+# AE-GAN default").
 # Cheapest first (ties go to the earlier one): the subspace distance is a 64-d matmul, the full
 # kNN a 344-d one.
 CANDIDATES: tuple[dict[str, float], ...] = (
@@ -229,8 +231,9 @@ def select_fusion_weights(model, good_images: torch.Tensor, device: str = "cpu",
     """Pick the default head's term weights on faint synthetic anomalies over held-out good images.
 
     ``model`` is a default-head InspectionModel whose term statistics are already fitted; candidates
-    are reduced to the terms the model can compute (``restrict_candidates``). ``good_features``: the standardised
-    features of ``good_images`` when the caller has them already (saves a backbone pass)."""
+    are reduced to the terms the model can compute (``restrict_candidates``). ``good_features``:
+    the standardised features of ``good_images`` when the caller has them already (saves a
+    backbone pass)."""
     size = tuple(good_images.shape[-2:])
     have = set(model.available_terms())
     usable = restrict_candidates(candidates, have)
