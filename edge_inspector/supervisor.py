@@ -630,6 +630,9 @@ class Supervisor:
                 if apply is not None:
                     try:
                         applied.append(apply(new_cfg) or type(component).__name__)
+                    except InputError as exc:  # a setting it cannot take (e.g. a taken port): one line
+                        log.error("ops_apply_config_rejected", component=type(component).__name__, error=str(exc))
+                        applied.append(f"{type(component).__name__} FAILED ({exc})")
                     except Exception as exc:  # noqa: BLE001 - one ops component must not undo the rest
                         log.exception("ops_apply_config_failed", component=type(component).__name__)
                         applied.append(f"{type(component).__name__} FAILED ({exc.__class__.__name__}: {exc})")

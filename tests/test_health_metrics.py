@@ -167,3 +167,37 @@ def test_port_in_use_is_a_start_error_and_reload_rebinds(tmp_path):
     finally:
         ops.stop()
         blocker.close()
+
+
+def test_a_reload_onto_a_taken_port_keeps_serving_on_the_old_one():
+    import socket
+
+    from edge_inspector.config.models import Config
+    from edge_inspector.health.server import HealthOps
+    from tests.helpers.broker import free_port
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    port = free_port()
+    metrics, control = MetricsObserver(), FakeControl()
+
+    def config(health_port):
+        return Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": health_port}})
+
+    ops = HealthOps(metrics.registry, config(port), control.stage_heartbeats)
+    try:
+        ops.start()
+        with pytest.raises(ConfigError, match=rf"health.port={taken} .*already in use.*still serving http://127.0.0.1:{port}"):
+            ops.apply_config(config(taken))
+        # /metrics and /healthz never went away for good: the station stays scrapable
+        assert _get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+        assert ops.server is not None and ops.server.port == port
+        # the port freed, the same config applies on the next reload
+        blocker.close()
+        assert ops.apply_config(config(taken)) == f"health: serving http://127.0.0.1:{taken}"
+        assert _get(f"http://127.0.0.1:{taken}/healthz")[0] in (200, 503)
+    finally:
+        ops.stop()
+        blocker.close()

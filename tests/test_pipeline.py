@@ -518,3 +518,39 @@ def test_a_keep_aspect_model_finds_the_defect_where_it_is_in_a_tall_frame(tmp_pa
     assert abs(x - 40) <= 4 and abs(y - 300) <= 4 and abs(w - 40) <= 8 and abs(h - 30) <= 8
     cx, cy = defect.centroid
     assert abs(cx - 59.5) <= 4 and abs(cy - 314.5) <= 4
+
+
+def test_reload_onto_a_taken_health_port_keeps_the_station_scrapable(tmp_path, model_dir):
+    import socket
+    import urllib.request
+
+    from tests.helpers.broker import free_port
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken, port = blocker.getsockname()[1], free_port()
+    config = tmp_path / "station.yaml"
+    base = {"station": {"line": "l1", "name": "st1"}, "model": {"path": str(model_dir), "warmup_runs": 0},
+            "outbox": {"path": str(tmp_path / "o.sqlite")}, "archive": {"enabled": False, "path": str(tmp_path / "archive")},
+            "health": {"enabled": True, "port": port}}
+    config.write_text(yaml.safe_dump(base))
+    sup = Supervisor(Config.model_validate(base), config_path=config,
+                     publisher_factory=lambda cfg, model_info, on_state, outbox=None, on_acked=None:
+                     FakePublisher(cfg, model_info, on_state, outbox=outbox, on_acked=on_acked),
+                     source_factory=lambda c, on_state: ListSource([grey()] * 2000, interval_s=0.005),
+                     engine_factory=lambda c, b: NumpyEngine())
+    sup.start()
+    t = threading.Thread(target=sup.run)
+    t.start()
+    try:
+        config.write_text(yaml.safe_dump({**base, "health": {"enabled": True, "port": taken}}))
+        ok, msg = sup.reload()
+        # the rest of the reload applies; the health part names the clash and where it still serves
+        assert f"health.port={taken}" in msg and "already in use" in msg and f"still serving http://127.0.0.1:{port}" in msg
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        sup.request_stop("test")
+        t.join(20)
+        blocker.close()

@@ -210,12 +210,23 @@ class HealthOps:
             self.server = None
 
     def apply_config(self, cfg: Any) -> Optional[str]:
-        """Reload: a new host/port/enabled rebinds the endpoint; anything else is untouched."""
+        """Reload: a new host/port/enabled rebinds the endpoint; anything else is untouched.
+
+        A new address that cannot be bound (port taken) must not leave the station unscrapable:
+        the endpoint goes back to the address it served, and the reload reports the clash
+        (ConfigError). The next reload with that config tries again."""
         if cfg.health == self._health_cfg:
             return "health: unchanged"
-        self._health_cfg = cfg.health
+        previous = self._health_cfg
         self.stop()
-        self.start()
+        self._health_cfg = cfg.health
+        try:
+            self.start()
+        except ConfigError as exc:
+            self._health_cfg = previous
+            self.start()  # the old address was ours a moment ago
+            where = f"still serving {self.server.url}" if self.server else "it stays off"
+            raise ConfigError(f"{exc}; {where}") from None
         return f"health: {'serving ' + self.server.url if self.server else 'off'}"
 
 
