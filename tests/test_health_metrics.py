@@ -43,7 +43,9 @@ def _value(text: str, metric: str, **labels) -> float:
 @pytest.fixture
 def served():
     metrics = MetricsObserver(station="line1/st1")
-    control = FakeControl()
+    # live: the stages beat as a running pipeline's do, so the 2 s timeout measures what a test
+    # stalls by hand, never how long the test (or a slow CI machine) took to get there
+    control = FakeControl(live=True)
     server = HealthServer(metrics.registry, host="127.0.0.1", port=0, heartbeat_timeout_s=2.0).start()
     yield metrics, control, server
     server.stop()
