@@ -410,6 +410,18 @@ def test_model_that_fails_to_load_keeps_the_running_one_and_can_be_retried(tmp_p
         t.join(20)
 
 
+def _running_on_grey_frames(base: dict, config, publisher_factory):
+    """A supervisor on ``base`` (its file at ``config``, for reloads) inspecting grey frames with
+    the numpy engine, started and running in a thread: (supervisor, thread)."""
+    sup = Supervisor(Config.model_validate(base), config_path=config, publisher_factory=publisher_factory,
+                     source_factory=lambda c, on_state: ListSource([grey()] * 2000, interval_s=0.005),
+                     engine_factory=lambda c, b: NumpyEngine())
+    sup.start()
+    t = threading.Thread(target=sup.run)
+    t.start()
+    return sup, t
+
+
 def test_reload_with_new_broker_replaces_publisher_on_same_outbox(tmp_path, model_dir):
     config = tmp_path / "station.yaml"
     base = {"station": {"line": "l1", "name": "st1"}, "model": {"path": str(model_dir), "warmup_runs": 0}, "outbox": {"path": str(tmp_path / "o.sqlite")},
@@ -424,12 +436,7 @@ def test_reload_with_new_broker_replaces_publisher_on_same_outbox(tmp_path, mode
         built.append(pub)
         return pub
 
-    sup = Supervisor(Config.model_validate(base), config_path=config, publisher_factory=publisher_factory,
-                     source_factory=lambda c, on_state: ListSource([grey()] * 2000, interval_s=0.005),
-                     engine_factory=lambda c, b: NumpyEngine())
-    sup.start()
-    t = threading.Thread(target=sup.run)
-    t.start()
+    sup, t = _running_on_grey_frames(base, config, publisher_factory)
     try:
         time.sleep(0.2)
         config.write_text(yaml.safe_dump({**base, "mqtt": {"port": 1}}))
@@ -535,14 +542,7 @@ def test_reload_onto_a_taken_health_port_keeps_the_station_scrapable(tmp_path, m
             "outbox": {"path": str(tmp_path / "o.sqlite")}, "archive": {"enabled": False, "path": str(tmp_path / "archive")},
             "health": {"enabled": True, "port": port}}
     config.write_text(yaml.safe_dump(base))
-    sup = Supervisor(Config.model_validate(base), config_path=config,
-                     publisher_factory=lambda cfg, model_info, on_state, outbox=None, on_acked=None:
-                     FakePublisher(cfg, model_info, on_state, outbox=outbox, on_acked=on_acked),
-                     source_factory=lambda c, on_state: ListSource([grey()] * 2000, interval_s=0.005),
-                     engine_factory=lambda c, b: NumpyEngine())
-    sup.start()
-    t = threading.Thread(target=sup.run)
-    t.start()
+    sup, t = _running_on_grey_frames(base, config, FakePublisher)
     try:
         config.write_text(yaml.safe_dump({**base, "health": {"enabled": True, "port": taken}}))
         ok, msg = sup.reload()
