@@ -184,3 +184,25 @@ def test_trigger_command_images_exactly_the_requested_parts(pylon_station, mosqu
             sup.request_stop("test done")
             thread.join(30)
             assert out.get("rc") == 0
+
+
+def test_a_tagged_trigger_fires_only_when_its_tag_was_queued():
+    """The queue's room is taken and the trigger fired in one step: when another command filled
+    the queue in between (emulated by a queue that looks empty to a length check), no trigger
+    fires for a tag the queue refused — its frame would carry the next part's identity."""
+    from edge_inspector.acquisition.parts import PartQueue, PartTag
+
+    class LooksEmpty(PartQueue):
+        def __len__(self):
+            return 0
+
+    parts = LooksEmpty(limit=1)
+    assert parts.announce(PartTag.make("first"))  # another command's part, still waiting
+    source = CountingSource()
+    driver = SoftwareTrigger(source, _camera(software_source="command"), lambda: 0, parts=parts)
+    ok, message = driver.fire(1, PartTag.make("second"))
+    assert not ok and "no trigger fired" in message
+    assert source.calls == 0 and parts.take().part_id == "first" and parts.take() is None
+    # with room, the tags are queued before their triggers, one per frame
+    ok, _ = driver.fire(1, PartTag.make("third"))
+    assert ok and source.calls == 1 and parts.take().part_id == "third"

@@ -55,7 +55,9 @@ class SoftwareTrigger:
         self.origin = camera_cfg.trigger.software_source
         self.fps = camera_cfg.fps
         self._frames_taken = frames_taken
-        self._fire_lock = threading.Lock()  # one trigger at a time keeps `fired` and the camera in step
+        # one trigger at a time keeps `fired` and the camera in step; re-entrant: a command holds it
+        # across its announcements and triggers
+        self._fire_lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._pacer = Pacer(self.fps)
@@ -88,25 +90,29 @@ class SoftwareTrigger:
                            "set it to command to fire them remotely")
         if self.source.state in ("closed", "ended"):  # no acquisition left to turn a trigger into a result
             return False, f"camera {self.source.state}: no trigger fired"
-        if tag is not None and len(self.parts) + count > self.parts.limit:
-            return False, (f"{len(self.parts)} announced part(s) still wait for their frames: "
-                           f"no trigger fired (at most {self.parts.limit} ahead)")
-        executed = sum(1 for _ in range(count) if self._fire_one(tag))
+        with self._fire_lock:
+            # Queue the tags and fire in one step: a check of the queue's length before announcing
+            # could pass for two commands at once, and a trigger fired for a tag the full queue
+            # refused would hand its frame the next part's identity.
+            if tag is not None and not self.parts.announce(tag, count):
+                return False, (f"{len(self.parts)} announced part(s) still wait for their frames: "
+                               f"no trigger fired (at most {self.parts.limit} ahead)")
+            executed = sum(1 for _ in range(count) if self._fire_one(announced=tag is not None))
         failed = count - executed
         if failed:
             return False, (f"{failed} of {count} trigger(s) could not be executed (camera {self.source.state}); "
                            "each becomes an ERROR result")
         return True, f"{count} trigger(s) fired"
 
-    def _fire_one(self, tag: Optional[PartTag] = None) -> bool:
+    def _fire_one(self, announced: bool = False) -> bool:
+        """One trigger. ``announced``: its part's tag is already queued (before the trigger, so its
+        frame finds it); withdrawn again when the trigger raises and no frame will come."""
         with self._fire_lock:
-            if tag is not None:
-                self.parts.announce(tag)  # before the trigger: its frame must find the tag queued
             try:
                 executed = bool(self.source.trigger())
             except Exception:  # noqa: BLE001 - a source bug must not kill the timer; no frame follows
                 log.exception("software_trigger_failed")
-                if tag is not None:
+                if announced:
                     self.parts.withdraw_last()
                 return False
             self.fired += 1
