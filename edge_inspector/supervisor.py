@@ -51,6 +51,7 @@ from edge_inspector.pipeline.runtime import ModelRuntime, build_preprocessor, bu
 from edge_inspector.pipeline.stages import Pipeline
 from edge_inspector.postprocess.verdict import Verdict
 from edge_inspector.publish import commands as remote_commands
+from edge_inspector.publish.outbox import seq_in_window
 from edge_inspector.publish.payload import format_ts
 from edge_inspector.threads import restart_counts
 from edge_inspector.ui import live as ui_live
@@ -144,7 +145,7 @@ class Supervisor:
         self._publisher_lock = threading.RLock()  # publish stage vs. publisher replacement on reload
         self._awaiting_ack: dict[int, Verdict] = {}  # seq -> verdict until its PUBACK (insertion-ordered)
         self._awaiting_ack_lock = threading.Lock()
-        self._seq_at_start: Optional[int] = None
+        self._replay_window: Optional[tuple[int, int]] = None
         self._reload_lock = threading.Lock()
         self._model_request = 0  # newest background model load; older ones must not swap in
         self._stop_requested = threading.Event()
@@ -172,7 +173,8 @@ class Supervisor:
             self.publisher = self._publisher_factory(cfg, {"name": bundle.name, "sha256": bundle.sha256}, self._on_mqtt_state,
                                                      on_acked=self._on_acked)
             outbox = getattr(self.publisher, "outbox", None)
-            self._seq_at_start = getattr(outbox, "last_seq", None)  # rows up to here are an earlier run's
+            # the results an earlier run left: acks of these are replays, not frames of this run
+            self._replay_window = outbox.pending_window() if hasattr(outbox, "pending_window") else None
             self.publisher.start()
             self._set_state("starting", f"loading model {bundle.name}")
             if default is None:
@@ -369,12 +371,13 @@ class Supervisor:
 
     def _on_acked(self, seq: int) -> None:
         """PUBACK for ``seq`` (publisher worker thread). Results an earlier run left in the
-        outbox (seq at or below the outbox's last seq when this run opened it) are replays, not
-        frames of this run. The verdict is None for those, or for this run's results evicted
-        from memory during a long outage."""
+        outbox (seqs in the cyclic window of those waiting when this run opened it) are replays,
+        not frames of this run — a window, not "at or below the last seq", so that this run's
+        seqs after the 2^31 wrap still count as its own. The verdict is None for replays, or for
+        this run's results evicted from memory during a long outage."""
         with self._awaiting_ack_lock:
             verdict = self._awaiting_ack.pop(seq, None)
-        if self._seq_at_start is not None and seq <= self._seq_at_start:
+        if verdict is None and seq_in_window(seq, self._replay_window):
             self.observer.on_replayed(seq)
         else:
             self.observer.on_published(seq, verdict)

@@ -156,6 +156,33 @@ def test_seq_wraps_to_one_after_the_32_bit_maximum_and_keeps_order(tmp_path):
     box.close()
 
 
+def test_the_window_of_waiting_results_spans_the_wrap(tmp_path):
+    """What a new run counts as replays: the waiting results' cyclic seq window. Its own results
+    after the wrap (seq 1, 2, … below the earlier run's last seq) are not in it."""
+    from edge_inspector.publish.outbox import seq_in_window
+
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    assert box.pending_window() is None
+    box.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (SEQ_MAX - 3,))
+    box = Outbox(path)
+    left = [box.add(_payload(i)) for i in range(2)]  # an earlier run's results, not acknowledged
+    box.close()
+    box = Outbox(path)  # the next run opens it
+    window = box.pending_window()
+    assert window == (SEQ_MAX - 2, SEQ_MAX - 1) == (left[0], left[1])
+    own = [box.add(_payload(i)) for i in range(3)]
+    assert own == [SEQ_MAX, 1, 2]
+    assert all(seq_in_window(s, window) for s in left)
+    assert not any(seq_in_window(s, window) for s in own)  # "≤ the last seq at start" said yes to 1, 2
+    # a window that itself wraps
+    assert seq_in_window(SEQ_MAX, (SEQ_MAX - 1, 2)) and seq_in_window(1, (SEQ_MAX - 1, 2))
+    assert not seq_in_window(3, (SEQ_MAX - 1, 2)) and not seq_in_window(5, None)
+    box.close()
+
+
 def test_truncated_file_salvages_last_seq_and_readable_rows(tmp_path):
     path = tmp_path / "o.sqlite"
     box = Outbox(path)

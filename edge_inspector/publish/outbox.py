@@ -39,7 +39,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from edge_inspector.errors import InspectorError
 from edge_inspector.logging import get_logger
@@ -49,6 +49,14 @@ log = get_logger(__name__)
 
 WhenFull = Literal["drop_oldest", "stop"]
 SEQ_RESERVE = 1000  # seqs reserved per write of <outbox>.seq (one small fsync per this many results)
+
+
+def seq_in_window(seq: int, window: Optional[tuple[int, int]]) -> bool:
+    """Whether ``seq`` lies in the cyclic interval ``window`` = (first, last) (None: empty)."""
+    if window is None:
+        return False
+    first, last = window
+    return first <= seq <= last if first <= last else (seq >= first or seq <= last)
 
 
 def next_seq(seq: int) -> int:
@@ -180,6 +188,16 @@ class Outbox:
                     (after_seq, newest, limit - len(rows)),
                 ).fetchall()
             return rows
+
+    def pending_window(self) -> Optional[tuple[int, int]]:
+        """(oldest, newest) seq of the waiting results — a cyclic interval (oldest > newest after a
+        wrap) — or None when nothing waits."""
+        with self._lock:
+            if not self._depth:
+                return None
+            newest = self._last_seq
+        oldest = self.pending(limit=1)
+        return (oldest[0][0], newest) if oldest else None
 
     def ack(self, seq: int) -> bool:
         """Remove a delivered result. Returns False when it was not there (evicted or acked twice)."""
