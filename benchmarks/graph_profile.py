@@ -1,7 +1,7 @@
 """Where a bundle's inference time goes: onnxruntime's per-node profile, summed per model part.
 
-Runs the bundle's ``model.onnx`` as the station does (CPU provider, all graph optimisations,
-``--threads`` intra-op threads, no spinning, batch 1) with onnxruntime's profiler on, over
+Runs the bundle's ``model.onnx`` as the station does (CPU provider, the runtime engine's session
+options with ``--threads`` intra-op threads, batch 1) with onnxruntime's profiler on, over
 ``--runs`` inferences of a seeded random input of the bundle's input shape, and sums each node's
 kernel time under the part of the model it belongs to — the top-level module in the exported
 node name (``backbone``, ``mdaae``, ``critic``, ``knn``, ``knn_sub``, …) or ``other`` (feature
@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import emit  # noqa: E402
+
 PARTS = ("backbone", "mdaae", "critic", "knn_sub", "knn")
 # The critic is called through Critic.discrepancy, not its forward, so the exporter names its nodes
 # by its submodules alone (/stem/…, /down1/…, /attention/…; a second call gets a _1 suffix).
@@ -45,13 +47,12 @@ def part_of(node_name: str) -> str:
 
 
 def session(onnx_path: Path, threads: int, profile_prefix: str | None):
+    """A CPU session with the station's own options (OnnxEngine's), profiling when asked."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from edge_inspector.inference.onnx_engine import runtime_session_options
+
+    options = runtime_session_options(threads)
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -102,11 +103,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.runs < 1 or args.threads < 1:
         p.error("--runs and --threads must be ≥ 1")
-    report = profile(Path(args.model), args.runs, args.threads)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    emit(profile(Path(args.model), args.runs, args.threads), args.json_out)
     return 0
 
 

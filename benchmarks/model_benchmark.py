@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import emit  # noqa: E402
+
 DATASETS = {
     "bottle": ("mvtec_ad", "bottle"),
     "tire": ("mvtec_3d_ad", "tire"),
@@ -148,8 +150,6 @@ def reuse_critic(model_dir: Path):
 
 def restandardise(data, mean, std):
     """Re-express cached standardised features with another (the reused model's) mean/std."""
-    from dataclasses import replace
-
     def convert(z):
         return ((z.float() * data.feature_std + data.feature_mean - mean) / std).to(z.dtype)
 
@@ -319,10 +319,7 @@ def main(argv=None) -> int:
         else:
             report = json.loads(Path(args.summarise).read_text())
         report["means"] = cross_dataset_means(report)
-        text = json.dumps(report, indent=1)
-        print(text)
-        if args.json_out:
-            Path(args.json_out).write_text(text)
+        emit(report, args.json_out)
         return 0
 
     from edge_inspector.logging import setup_logging
@@ -348,10 +345,7 @@ def main(argv=None) -> int:
         (work / "result.json").write_text(json.dumps(report, indent=1))
     report["total_s"] = round(time.perf_counter() - started, 1)
     report["means"] = cross_dataset_means(report)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text)
+    emit(report, args.json_out)
     if work_ctx is not None:
         work_ctx.cleanup()
     return 0

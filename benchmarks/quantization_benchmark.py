@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks.report import emit  # noqa: E402
 from model_benchmark import DATASETS, bench_process, datasets_root  # noqa: E402
 
 FIGURES = ("image_auroc", "pixel_auroc", "aupro_30", "far_at_threshold", "recall_at_threshold")
@@ -73,10 +74,7 @@ def main(argv=None) -> int:
             continue
         report["datasets"][name] = run(name, float_dir, args)
         print(json.dumps({"dataset": name, **report["datasets"][name]["delta"]}), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text)
+    emit(report, args.json_out)
     return 0
 
 

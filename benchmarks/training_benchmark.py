@@ -32,6 +32,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.report import emit  # noqa: E402
+
 MIXED = (("kolektorsdd", None), ("mvtec_3d_ad/tire", None), ("mvtec_ad/bottle", 127))
 DEV_SETS = {"kolektorsdd": "kolektorsdd", "tire": "mvtec_3d_ad/tire", "bottle": "mvtec_ad/bottle"}
 
@@ -112,10 +116,7 @@ def main(argv=None) -> int:
         report = json.loads(Path(args.json_out).read_text())
     report.setdefault("runs", {})[args.label] = {"source": str(source), "commit": commit or None, "head": args.head,
                                                  "threads": "torch default of the CLI (2)", "sets": runs}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    emit(report, args.json_out)
     return 0
 
 

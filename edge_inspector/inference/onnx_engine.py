@@ -101,6 +101,21 @@ def _provider_entry(name: str, bundle: ModelBundle):
     return name
 
 
+def runtime_session_options(intra_op_threads: int = 0):
+    """The onnxruntime session options every station session uses (see the module docstring on
+    threading); also what benchmarks/graph_profile.py profiles under."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = max(0, int(intra_op_threads))
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # onnxruntime's own warnings are noisy; we log the fallback ourselves
+    return opts
+
+
 class OnnxEngine(Engine):
     """``infer(batch N×3×H×W float32) → (maps N×H×W float32, scores N float32)``."""
 
@@ -137,15 +152,7 @@ class OnnxEngine(Engine):
                 notes.append(f"{name}: not available in this onnxruntime build")
                 log.info("onnxruntime provider skipped", provider=name, reason="not available in this onnxruntime build")
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = max(0, int(intra_op_threads))
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.log_severity_level = 3  # onnxruntime's own warnings are noisy; we log the fallback ourselves
-
+        opts = runtime_session_options(intra_op_threads)
         path = str(bundle.onnx_path)
         session = None
         # Try the preferred providers; if a GPU provider fails to initialise, drop it and retry.
