@@ -183,19 +183,30 @@ def choose(table: list[dict]) -> dict[str, float]:
     return dict(table[best]["weights"])  # unreachable: the best ties with itself
 
 
-def fixed_fusion(weights: dict, available) -> dict[str, float]:
-    """Caller-fixed term weights, checked against the terms the model can compute."""
+def check_fusion_weights(weights: dict) -> dict[str, float]:
+    """Caller-fixed term weights: known terms, none negative, at least one positive. Returns the
+    non-zero ones; ValueError naming what is wrong."""
     from edge_inspector.training.scoring import TERMS
 
     unknown = sorted(set(weights) - set(TERMS))
     if unknown:
         raise ValueError(f"fusion_weights: unknown terms {unknown} (terms: {', '.join(TERMS)})")
-    used = {t: float(w) for t, w in weights.items() if float(w) != 0.0}
+    try:
+        used = {t: float(w) for t, w in weights.items() if float(w) != 0.0}
+    except (TypeError, ValueError):
+        raise ValueError(f"fusion_weights {weights}: weights must be numbers") from None
+    if not used or any(not w > 0 for w in used.values()):
+        raise ValueError(f"fusion_weights {weights}: need at least one positive weight and none negative")
+    return used
+
+
+def fixed_fusion(weights: dict, available) -> dict[str, float]:
+    """Caller-fixed term weights (``check_fusion_weights``), checked against the terms the model
+    can compute."""
+    used = check_fusion_weights(weights)
     missing = sorted(set(used) - set(available))
     if missing:
         raise ValueError(f"fusion_weights: this model cannot compute {missing} (it has {', '.join(available)})")
-    if not used or any(w < 0 for w in used.values()):
-        raise ValueError(f"fusion_weights {weights}: need at least one positive weight and none negative")
     return used
 
 

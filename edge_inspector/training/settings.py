@@ -11,7 +11,8 @@ import torch
 
 from edge_inspector.errors import InputError
 from edge_inspector.training.sagan import GanSchedule
-from edge_inspector.training.scoring import HEADS, KNN_FEATURES, TERMS
+from edge_inspector.training.fusion import check_fusion_weights
+from edge_inspector.training.scoring import HEADS, KNN_FEATURES
 
 CALIBRATION_RULES = ("crossfit_tail", "holdout")
 GEOMETRIES = ("keep_aspect", "square")
@@ -94,10 +95,10 @@ def check_settings(settings: TrainSettings) -> None:
     if settings.fusion_ae_weight is not None and not 0.0 <= settings.fusion_ae_weight <= 1.0:
         raise InputError(f"fusion_ae_weight {settings.fusion_ae_weight} must be in [0, 1]")
     if settings.fusion_weights is not None:
-        bad = {t: w for t, w in settings.fusion_weights.items() if t not in TERMS or not float(w) >= 0.0}
-        if bad or not any(float(w) > 0 for w in settings.fusion_weights.values()):
-            raise InputError(f"fusion_weights {settings.fusion_weights}: terms from {', '.join(TERMS)}, "
-                             "weights ≥ 0, at least one > 0")
+        try:
+            check_fusion_weights(settings.fusion_weights)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     if settings.subspace_dim < 0:
         raise InputError(f"subspace_dim {settings.subspace_dim} must be ≥ 0 (0: no subspace terms)")
     if settings.calibration not in CALIBRATION_RULES:
