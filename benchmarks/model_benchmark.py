@@ -184,7 +184,9 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
     settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size,
                              geometry=args.geometry, seed=args.seed,
                              progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight,
-                             knn_features=args.knn_features)
+                             knn_features=args.knn_features,
+                             subspace_bank_size=(args.subspace_bank_size if args.subspace_bank_size is not None
+                                                 else TrainSettings.subspace_bank_size))
     set_determinism(settings.seed, settings.threads)
     t0 = time.perf_counter()
     # Reusing trained autoencoders: the augmented copies were only needed to train them.
@@ -203,6 +205,7 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         t0 = time.perf_counter()
         bank = fit_components(data, settings, train_ae=False, use_gan=False, build_bank=True)
         gan_parts.bank, gan_parts.subspace, gan_parts.bank_source = bank.bank, bank.subspace, bank.bank_source
+        gan_parts.sub_index = bank.sub_index
         gan_parts.timing = {**gan_parts.timing, **bank.timing}
         gan_and_bank = gan_parts
         ae_s = previous["timing"]["ae_train_s"]
@@ -301,6 +304,9 @@ def main(argv=None) -> int:
                         "drawn on the held-out good images, as train does)")
     p.add_argument("--knn-features", default="raw", choices=["raw", "standardised"],
                    help="feature space of the kNN term (knn and default heads)")
+    p.add_argument("--subspace-bank-size", type=int, default=None,
+                   help="default head: entries of the subspace term's bank (0: the whole memory bank; "
+                        "default: the train default)")
     p.add_argument("--no-ablation", action="store_true",
                    help="skip the ablation rows of the default head (" + ", ".join(ABLATIONS) + ")")
     p.add_argument("--mixes", action="store_true",

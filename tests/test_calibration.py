@@ -76,6 +76,27 @@ def test_leave_one_out_scores_use_no_bank_entry_of_the_image_itself(knn_bundle):
     assert model.knn.size == patches.shape[0]  # the model's own bank is back
 
 
+def test_leave_one_out_drops_the_images_own_entries_from_a_smaller_subspace_bank(knn_bundle):
+    _, out = knn_bundle
+    model, _ = load_checkpoint(out)
+    rng = torch.Generator().manual_seed(1)
+    channels, grid = model.feature_std.shape[1], SIZE // 8
+    z = torch.randn(4, channels, grid, grid, generator=rng)
+    patches = (z[:2] * model.feature_std).permute(0, 2, 3, 1).reshape(-1, channels)
+    source = torch.arange(2).repeat_interleave(grid * grid)
+    # the sub term alone, its bank every other entry of the memory bank, projected
+    model.config.head, model.config.fusion_weights = "default", {"sub": 1.0}
+    model.subspace = torch.linalg.qr(torch.randn(channels, 8, generator=rng)).Q
+    sub_index = torch.arange(0, patches.shape[0], 2)
+    model.knn = KnnScorer(patches)
+    model.knn_sub = KnnScorer((patches @ model.subspace)[sub_index])
+    full = [float(model.upsample_and_smooth(model.raw_grid_map(z[i : i + 1]), SIZE).amax()) for i in range(4)]
+    loo = leave_one_out_scores(model, z, source, "cpu", sub_index)
+    assert all(loo[i] > full[i] + 0.1 for i in range(2))  # its own half of the sub bank is gone
+    np.testing.assert_allclose(loo[2:], full[2:], rtol=1e-6)
+    assert model.knn_sub.size == sub_index.numel()
+
+
 def test_knn_bundle_applies_the_tail_rule_and_records_both(knn_bundle):
     data, out = knn_bundle
     meta = json.loads((out / "model.json").read_text())
@@ -102,3 +123,6 @@ def test_holdout_rule_by_default_and_where_the_map_is_the_autoencoders(knn_bundl
     model, _ = load_checkpoint(tmp_path / "knn")
     model.config.head = "ae"
     assert "autoencoder" in crossfit_unavailable(model, torch.zeros(1))
+    model.config.head = "default"
+    model.config.fusion_weights = {"sub": 0.9, "gan": 0.1}  # the critic scores the AE's reconstruction
+    assert "GAN critic" in crossfit_unavailable(model, torch.zeros(1))

@@ -381,6 +381,95 @@ def test_default_checkpoint_from_before_the_gan_critic_still_loads_and_exports(d
     assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "old.onnx")]) == 0
 
 
+def test_checkpoint_from_before_grid_smoothing_keeps_its_own_smoothing(default_bundle, tmp_path):
+    from edge_inspector.training.export import load_checkpoint
+
+    new, _ = load_checkpoint(default_bundle)
+    assert new.config.smooth_on_grid and new.smooth_x.numel() == 3  # σ = 1 px at 64² is 1/8 cell on the grid
+
+    def edit(checkpoint):
+        from edge_inspector.training.scoring import gaussian_kernel_1d
+
+        checkpoint["config"].pop("smooth_on_grid")
+        checkpoint["config"].pop("subspace_bank_size")  # the sub term's bank was the whole bank then
+        kernel = gaussian_kernel_1d(1.0)  # what such a checkpoint holds: the kernel for the 64² map
+        checkpoint["state_dict"]["smooth_x"] = kernel.view(1, 1, 1, -1)
+        checkpoint["state_dict"]["smooth_y"] = kernel.view(1, 1, -1, 1)
+
+    old, _ = load_checkpoint(_rewritten_checkpoint(default_bundle, tmp_path / "old", edit))
+    assert not old.config.smooth_on_grid and old.smooth_x.numel() == 7  # σ = 1 px on the 64² map
+    assert old.knn_sub.size == old.knn.size
+
+
+def _smoothing_model(on_grid: bool):
+    from edge_inspector.training.scoring import InspectionModel, ModelConfig
+
+    return InspectionModel(ModelConfig(head="knn", image_size=256, smooth_on_grid=on_grid))
+
+
+@pytest.mark.parametrize("defect", ["cell", "blob", "line"])
+def test_smoothing_on_the_grid_gives_the_map_of_smoothing_the_upsampled_one(defect):
+    g = torch.Generator().manual_seed(0)
+    grid = 0.3 * torch.randn(1, 1, 32, 32, generator=g)
+    where = {"cell": (slice(9, 10), slice(20, 21)), "blob": (slice(22, 25), slice(5, 8)),
+             "line": (slice(4, 28), slice(15, 16))}[defect]
+    grid[0, 0][where] += 3.0
+    with torch.no_grad():
+        on_grid = _smoothing_model(True).upsample_and_smooth(grid, 256)[0, 0].numpy()
+        on_image = _smoothing_model(False).upsample_and_smooth(grid, 256)[0, 0].numpy()
+    assert on_grid.shape == on_image.shape == (256, 256)
+    assert np.corrcoef(on_grid.ravel(), on_image.ravel())[0, 1] > 0.97
+    # the peak (the image score) is on the defect in both, a few pixels apart at most; smoothing
+    # on the grid flattens a one-cell defect less (σ of half a cell on 32 samples, not 4 px on 256)
+    peak_grid = np.unravel_index(on_grid.argmax(), on_grid.shape)
+    peak_image = np.unravel_index(on_image.argmax(), on_image.shape)
+    assert max(abs(int(a) - int(b)) for a, b in zip(peak_grid, peak_image)) <= 6
+    assert on_grid.max() >= 0.95 * on_image.max()
+
+
+def test_reconstruction_terms_as_channel_sum_convolutions_match_the_definition():
+    import torch.nn.functional as F
+
+    from edge_inspector.training.mdaae import reconstruction_terms
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 40, 6, 5, generator=g)
+    z_hat = z + 0.3 * torch.randn(2, 40, 6, 5, generator=g)
+    expected_l2 = (z - z_hat).pow(2).mean(dim=1, keepdim=True)
+    expected_cos = 1.0 - F.cosine_similarity(z, z_hat, dim=1).unsqueeze(1)
+    ones = torch.ones(1, 40, 1, 1)
+    for sum_channels in (None, lambda x: F.conv2d(x, ones)):
+        l2, cos = reconstruction_terms(z, z_hat) if sum_channels is None else reconstruction_terms(z, z_hat, sum_channels)
+        torch.testing.assert_close(l2, expected_l2, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cos, expected_cos, atol=1e-5, rtol=1e-5)
+
+
+def test_the_subspace_terms_bank_is_a_covering_subset_of_the_projected_bank(default_bundle, tmp_path):
+    from edge_inspector.training.components import subspace_bank_index
+    from edge_inspector.training.export import load_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0] * 4, [40.0] * 4, [-40.0] * 4, [0.0, 40.0, 0.0, -40.0]])
+    projected = torch.cat([c + torch.randn(50, 4, generator=g) for c in centres])
+    index = subspace_bank_index(projected, 4, seed=0)
+    assert index.tolist() == sorted(index.tolist()) and {int(i) // 50 for i in index} == {0, 1, 2, 3}
+    assert subspace_bank_index(projected, 0, seed=0).tolist() == list(range(200))  # 0: the whole bank
+    assert subspace_bank_index(projected, 500, seed=0).tolist() == list(range(200))
+
+    # a bundle whose sub bank is smaller than its memory bank loads with that size
+    model, _ = load_checkpoint(default_bundle)
+    keep = subspace_bank_index(model.knn_sub.bank_t.t(), 3, seed=0)
+
+    def edit(checkpoint):
+        state = checkpoint["state_dict"]
+        state["knn_sub.bank_t"] = state["knn_sub.bank_t"][:, keep].contiguous()
+        state["knn_sub.bank_sq"] = state["knn_sub.bank_sq"][keep].contiguous()
+        checkpoint["config"]["subspace_bank_size"] = 3
+
+    small, _ = load_checkpoint(_rewritten_checkpoint(default_bundle, tmp_path / "small", edit))
+    assert small.knn_sub.size == 3 < small.knn.size
+
+
 # -- determinism ----------------------------------------------------------------------------------
 def test_training_is_deterministic_for_a_seed(synthetic, tmp_path):
     states = []

@@ -52,6 +52,8 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
                                          "knn": 1.0 - (fixed_w if fixed_w is not None else 0.5)},
                          knn_features=settings.knn_features,
                          subspace_dim=int(parts.subspace.shape[1]) if head == "default" and parts.subspace is not None else 0,
+                         subspace_bank_size=(int(parts.sub_index.numel())
+                                             if head == "default" and parts.subspace is not None and parts.sub_index is not None else 0),
                          critic_width=parts.critic.width if head == "default" and parts.critic is not None else 0)
     model = InspectionModel(config)
     model.feature_mean.copy_(data.feature_mean)
@@ -64,7 +66,8 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
         model.knn = KnnScorer(parts.bank)
     if model.subspace is not None:
         model.subspace.copy_(parts.subspace)
-        model.knn_sub = KnnScorer(parts.bank @ parts.subspace)
+        projected = parts.bank @ parts.subspace
+        model.knn_sub = KnnScorer(projected if parts.sub_index is None else projected[parts.sub_index])
     model = model.to(device).eval()
     score_stats = fit_term_statistics(model, data.z_clean, data.z_hold, device)
     if head == "default":
@@ -90,7 +93,8 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     curve = parts.curve if head in AE_HEADS else []
     calibration = threshold_rules(model, data.z_clean, parts.bank_source if head in KNN_HEADS else None,
                                   hold_scores, offset, scale, settings.calibration, settings.far_target,
-                                  device, hold_is_train=bool(np.array_equal(data.hold_idx, data.train_idx)))
+                                  device, hold_is_train=bool(np.array_equal(data.hold_idx, data.train_idx)),
+                                  sub_index=parts.sub_index)
     threshold_f1 = _validation_threshold(model, data.preprocessor, settings, device) if settings.validation else None
     timing = {**data.timing, **parts.timing, "calibration_s": round(time.perf_counter() - started, 2)}
     head_settings = TrainSettings(**{**settings.__dict__, "head": head})

@@ -31,6 +31,7 @@ class Components:
     bank: Optional[torch.Tensor] = None
     subspace: Optional[torch.Tensor] = None  # C×d principal directions of the bank's feature space
     bank_source: Optional[torch.Tensor] = None  # row of TrainingData.z_clean each bank entry was drawn from
+    sub_index: Optional[torch.Tensor] = None  # bank rows kept, projected, as the subspace term's bank
     curve: list = field(default_factory=list)
     timing: dict = field(default_factory=dict)
 
@@ -64,6 +65,9 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         parts.bank_source = rows[chosen].clone()  # the clean training image behind each entry (crossfit.py)
         if settings.head == "default":  # only the default head has the subspace terms
             parts.subspace = principal_subspace(patches, settings.subspace_dim)
+            if parts.subspace is not None:
+                parts.sub_index = subspace_bank_index(parts.bank @ parts.subspace, settings.subspace_bank_size,
+                                                      settings.seed + 7)
         parts.timing["coreset_s"] = round(time.perf_counter() - t0, 2)
         parts.timing["bank_size"] = int(chosen.numel())
         parts.timing["coreset_candidates"] = int(patches.shape[0])
@@ -94,6 +98,16 @@ def bank_candidates(z: torch.Tensor, scale: Optional[torch.Tensor], limit: int, 
         blocks.append(block)
         rows.append((chosen + first) // (h * w))
     return torch.cat(blocks), torch.cat(rows)
+
+
+def subspace_bank_index(projected_bank: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Rows of the memory bank the subspace term keeps: a k-center coreset of ``size`` of the
+    projected entries (M×d), so the kept ones still cover the rest; all rows when ``size`` is 0 or
+    at least M. In image order (sorted), so a bundle's bank is deterministic in layout too."""
+    m = projected_bank.shape[0]
+    if size <= 0 or size >= m:
+        return torch.arange(m)
+    return torch.sort(greedy_coreset(projected_bank, size, seed=seed)).values
 
 
 def principal_subspace(patches: torch.Tensor, dim: int) -> Optional[torch.Tensor]:

@@ -12,9 +12,10 @@ higher than against a re-selected bank, and the threshold errs to the safe side.
 The threshold rule ``crossfit_tail`` pools these scores with the hold-out's and fits a tail model
 (calibrate.tail_threshold); ``holdout`` is the rule on the hold-out alone.
 
-Not available when the map includes the autoencoder term (heads ``ae``/``aegan``, or a default
-whose fusion kept ``ae``): the autoencoder was trained on these images, so their scores would be
-in-sample. Those bundles keep the hold-out rule.
+Not available when the map includes a term of the trained networks (heads ``ae``/``aegan``, or a
+default whose fusion kept ``ae`` or ``gan``, the critic's residual on the autoencoder's
+reconstruction): the autoencoder and the critic were trained on these images, so their scores
+would be in-sample. Those bundles keep the hold-out rule.
 """
 
 from __future__ import annotations
@@ -34,21 +35,26 @@ def crossfit_unavailable(model: InspectionModel, bank_source: Optional[torch.Ten
     head = model.config.head
     if head in ("ae", "aegan"):
         return f"head {head}: the map is the autoencoder's, trained on these images"
-    if head == "default" and float(model.config.fusion_weights.get("ae", 0.0)) != 0.0:
-        return "the default head's fusion kept the autoencoder term, trained on these images"
+    if head == "default":
+        for term, part in (("ae", "autoencoder"), ("gan", "GAN critic")):
+            if float(model.config.fusion_weights.get(term, 0.0)) != 0.0:
+                return f"the default head's fusion kept the {part} term, trained on these images"
     if bank_source is None or model.knn is None:
         return "no memory bank provenance"
     return None
 
 
 @torch.no_grad()
-def leave_one_out_scores(model: InspectionModel, z_clean: torch.Tensor, bank_source: torch.Tensor, device: str) -> np.ndarray:
+def leave_one_out_scores(model: InspectionModel, z_clean: torch.Tensor, bank_source: torch.Tensor, device: str,
+                         sub_index: Optional[torch.Tensor] = None) -> np.ndarray:
     """Raw image scores (before the bundle's offset/scale) of each cached clean training image,
     against the memory bank without the entries drawn from that image. ``bank_source[k]`` is the
-    row of ``z_clean`` whose patch became bank entry k."""
+    row of ``z_clean`` whose patch became bank entry k; ``sub_index`` the bank rows behind the
+    subspace term's entries (None: all, in bank order)."""
     full_knn, full_sub = model.knn, model.knn_sub
     bank = full_knn.bank_t.t()
     bank_sub = full_sub.bank_t.t() if full_sub is not None else None
+    sub_source = bank_source if sub_index is None else bank_source[sub_index]
     size = model.config.shape
     scores = np.empty(z_clean.shape[0], dtype=np.float64)
     try:
@@ -57,7 +63,7 @@ def leave_one_out_scores(model: InspectionModel, z_clean: torch.Tensor, bank_sou
             if own.any():
                 keep = ~own
                 model.knn = KnnScorer(bank[keep]).to(device)
-                model.knn_sub = KnnScorer(bank_sub[keep]).to(device) if bank_sub is not None else None
+                model.knn_sub = KnnScorer(bank_sub[sub_source != i]).to(device) if bank_sub is not None else None
             else:
                 model.knn, model.knn_sub = full_knn, full_sub
             z = z_clean[i : i + 1].to(device, torch.float32)
@@ -69,7 +75,7 @@ def leave_one_out_scores(model: InspectionModel, z_clean: torch.Tensor, bank_sou
 
 def threshold_rules(model: InspectionModel, z_clean: torch.Tensor, bank_source: Optional[torch.Tensor],
                     hold_scores: np.ndarray, offset: float, scale: float, rule: str, far_target: float,
-                    device: str, hold_is_train: bool = False) -> dict:
+                    device: str, hold_is_train: bool = False, sub_index: Optional[torch.Tensor] = None) -> dict:
     """The bundle's threshold calibration: both rules computed where they can be (so a bundle
     shows what the other would have set), ``rule`` applied. ``hold_scores`` are in the bundle's
     normalised units; ``holdout`` = far_threshold on them, ``crossfit_tail`` = tail_threshold on
@@ -79,7 +85,7 @@ def threshold_rules(model: InspectionModel, z_clean: torch.Tensor, bank_source: 
     if why is None and hold_is_train:
         why = "no hold-out: the calibration images are the training images"
     if why is None:
-        out_of_fold = (leave_one_out_scores(model, z_clean, bank_source, device) - offset) / scale
+        out_of_fold = (leave_one_out_scores(model, z_clean, bank_source, device, sub_index) - offset) / scale
         pooled = np.concatenate([np.asarray(hold_scores, dtype=np.float64), out_of_fold])
         # Diagnostic of the leave-one-out approximation: out-of-fold scores should look like the
         # hold-out's (mean 0, std 1 in these units) if they are as out-of-sample as those.

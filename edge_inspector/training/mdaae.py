@@ -117,10 +117,23 @@ class Mdaae(nn.Module):
         return out
 
 
-def reconstruction_terms(z: torch.Tensor, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position discrepancy maps N×1×G×G: mean squared error over channels, and 1 − cos."""
-    l2 = (z - z_hat).pow(2).mean(dim=1, keepdim=True)
-    cos = 1.0 - F.cosine_similarity(z, z_hat, dim=1, eps=1e-6).unsqueeze(1)
+def channel_sum(x: torch.Tensor) -> torch.Tensor:
+    """N×C×H×W → N×1×H×W, the sum over channels."""
+    return x.sum(dim=1, keepdim=True)
+
+
+def reconstruction_terms(z: torch.Tensor, z_hat: torch.Tensor, sum_channels=channel_sum) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position discrepancy maps N×1×G×G: mean squared error over channels, and 1 − cos.
+
+    ``sum_channels`` sums a map over its channels; the exported scoring graph passes a 1×1
+    convolution with unit weights (``InspectionModel.sum_channels``), which onnxruntime runs in its
+    blocked channel layout where a ReduceSum over the channel axis costs a strided pass and layout
+    reorders."""
+    channels = z.shape[1]
+    l2 = sum_channels((z - z_hat).pow(2)) / channels
+    dot = sum_channels(z * z_hat)
+    norms = (sum_channels(z.pow(2)) * sum_channels(z_hat.pow(2))).sqrt()
+    cos = 1.0 - dot / norms.clamp_min(1e-6)
     return l2, cos
 
 

@@ -47,6 +47,7 @@ def build_meta(
         "fusion_weights": dict(cfg.fusion_weights) if cfg.head == "default" else None,
         "knn_features": cfg.knn_features if cfg.head in KNN_HEADS else None,
         "subspace_dim": cfg.subspace_dim if cfg.head == "default" else None,
+        "subspace_bank_size": (cfg.subspace_bank_size or cfg.bank_size) if cfg.head == "default" and cfg.subspace_dim else None,
         # the GAN critic behind the "gan" term (0: none; in the graph only if that term's weight ≠ 0)
         "critic_width": cfg.critic_width if cfg.head == "default" else None,
         "threshold": round(float(calibration["threshold"]), 6),
@@ -59,6 +60,8 @@ def build_meta(
             "note": score_units_note(),
             "image_score": "max of the smoothed map",
             "smoothing_sigma_px": cfg.sigma,
+            # where the Gaussian runs: on the stride-8 grid before upsampling, or on the upsampled map
+            "smoothed_on": "grid" if cfg.smooth_on_grid else "image",
             **score_stats,
         },
         "preprocess": {"lighting": settings.lighting, "train_stats": train_stats},

@@ -25,8 +25,9 @@ standardised features, each term divided by its mean on good training images (th
 best image-level definition: plain ``1 − cos`` was worst on textures, L2 alone best at pixel level,
 the balanced sum best overall).
 
-Map → score: bilinear upsampling from the stride-8 grid to the input's H×W, separable Gaussian
-smoothing (σ = 4 px at 256², scaled with √(H·W)) with reflect padding, then the affine score normalisation fitted
+Map → score: separable Gaussian smoothing on the stride-8 grid (σ = 4 px at 256², scaled with
+√(H·W), i.e. half a grid cell) with reflect padding, bilinear upsampling to the input's H×W (bundles
+from before ``smooth_on_grid`` upsampled first and smoothed the H×W map), then the affine score normalisation fitted
 on held-out good images; the image score is the map's maximum. The map and the score share units,
 so the runtime can threshold the map at the image threshold to find defect regions, and an image
 with score ≥ threshold always has at least one map pixel ≥ threshold.
@@ -48,6 +49,7 @@ from edge_inspector.training.mdaae import Mdaae, MdaaeConfig, reconstruction_ter
 from edge_inspector.training.sagan import Critic
 
 HEADS = ("default", "aegan", "ae", "knn")
+GRID_STRIDE = 8  # input pixels per grid cell (the backbone's finest tap)
 AE_HEADS = ("default", "aegan", "ae")
 KNN_HEADS = ("default", "knn")
 GAN_HEADS = ("default", "aegan")
@@ -71,9 +73,17 @@ class ModelConfig:
     subspace_dim: int = 0
     # model input (height, width); None = image_size × image_size (square, bundles before the option)
     input_shape: tuple[int, int] | None = None
+    # entries of the "sub" term's bank (a coreset of the projected memory bank); 0 = bank_size
+    # (bundles from before the option projected the whole bank)
+    subspace_bank_size: int = 0
     # width of the GAN critic (the discriminator's scoring part, sagan.Critic) behind the default
     # head's "gan" term; 0 = no critic in the model
     critic_width: int = 0
+    # Smooth the grid map before upsampling it (σ in grid cells = σ_px / GRID_STRIDE) instead of the
+    # upsampled map: on 1/64 of the values, nearly the same map (peaks a few pixels apart; a
+    # one-cell defect is flattened less). Bundles from before the option smoothed the upsampled
+    # map (False).
+    smooth_on_grid: bool = True
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -95,8 +105,10 @@ class ModelConfig:
             "fusion_weights": dict(self.fusion_weights),
             "knn_features": self.knn_features,
             "subspace_dim": self.subspace_dim,
+            "subspace_bank_size": self.subspace_bank_size,
             "input_shape": list(self.shape),
             "critic_width": self.critic_width,
+            "smooth_on_grid": self.smooth_on_grid,
         }
 
     @classmethod
@@ -112,8 +124,10 @@ class ModelConfig:
             fusion_weights=dict(d.get("fusion_weights") or {"ae": 0.5, "knn": 0.5}),
             knn_features=d.get("knn_features", "standardised"),  # bundles from before the option
             subspace_dim=int(d.get("subspace_dim", 0)),
+            subspace_bank_size=int(d.get("subspace_bank_size", 0)),
             input_shape=tuple(int(v) for v in d["input_shape"]) if d.get("input_shape") else None,
             critic_width=int(d.get("critic_width", 0)),
+            smooth_on_grid=bool(d.get("smooth_on_grid", False)),
         )
 
 
@@ -154,21 +168,33 @@ class InspectionModel(nn.Module):
         # Principal subspace of the good patch features (in the kNN feature space), C×d, and the
         # memory bank projected onto it.
         self.register_buffer("subspace", torch.zeros(channels, dim) if dim else None)
-        self.knn_sub = KnnScorer(torch.zeros(config.bank_size, dim)) if dim and config.bank_size > 0 else None
+        sub_size = config.subspace_bank_size or config.bank_size
+        self.knn_sub = KnnScorer(torch.zeros(sub_size, dim)) if dim and config.bank_size > 0 else None
         self.register_buffer("score_offset", torch.zeros(()))
         self.register_buffer("score_scale", torch.ones(()))
-        kernel = gaussian_kernel_1d(config.sigma)
+        kernel = gaussian_kernel_1d(config.sigma / GRID_STRIDE if config.smooth_on_grid else config.sigma)
         self.register_buffer("smooth_x", kernel.view(1, 1, 1, -1))
         self.register_buffer("smooth_y", kernel.view(1, 1, -1, 1))
         self.smooth_radius = (kernel.numel() - 1) // 2
+        h, w = config.shape
+        smoothed = (h // GRID_STRIDE, w // GRID_STRIDE) if config.smooth_on_grid else (h, w)
+        # reflect padding needs a map wider than the radius; a tiny grid (tests' 64² inputs) replicates
+        self.smooth_padding = "reflect" if min(smoothed) > self.smooth_radius else "replicate"
+        # Unit weights of the 1×1 convolution that sums a map over its channels (sum_channels);
+        # not persistent: it is not learnt, and checkpoints from before it load unchanged.
+        self.register_buffer("channel_ones", torch.ones(1, channels, 1, 1), persistent=False)
 
     # -- features -------------------------------------------------------------------------
     def standardised_features(self, image: torch.Tensor) -> torch.Tensor:
         return (self.backbone(image) - self.feature_mean) / self.feature_std
 
     # -- per-term grid maps ---------------------------------------------------------------
+    def sum_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """N×C×G×G → N×1×G×G channel sum, as a 1×1 convolution (see reconstruction_terms)."""
+        return F.conv2d(x, self.channel_ones)
+
     def ae_term(self, z: torch.Tensor, z_hat: torch.Tensor | None = None) -> torch.Tensor:
-        l2, cos = reconstruction_terms(z, self.mdaae(z) if z_hat is None else z_hat)
+        l2, cos = reconstruction_terms(z, self.mdaae(z) if z_hat is None else z_hat, self.sum_channels)
         return 0.5 * l2 / self.ae_term_scales[0] + 0.5 * cos / self.ae_term_scales[1]
 
     def knn_space(self, z: torch.Tensor) -> torch.Tensor:
@@ -229,11 +255,17 @@ class InspectionModel(nn.Module):
 
     # -- grid → image-size map ------------------------------------------------------------
     def upsample_and_smooth(self, grid_map: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-        """Grid map → ``size`` map (a side, or (height, width)), Gaussian-smoothed."""
-        up = F.interpolate(grid_map, size=input_shape(size), mode="bilinear", align_corners=False)
-        r = self.smooth_radius
-        up = F.conv2d(F.pad(up, (r, r, 0, 0), mode="reflect"), self.smooth_x)
-        return F.conv2d(F.pad(up, (0, 0, r, r), mode="reflect"), self.smooth_y)
+        """Grid map → ``size`` map (a side, or (height, width)), Gaussian-smoothed: on the grid
+        before the bilinear upsampling (``smooth_on_grid``) or on the upsampled map."""
+        if self.config.smooth_on_grid:
+            return F.interpolate(self.smooth(grid_map), size=input_shape(size), mode="bilinear", align_corners=False)
+        return self.smooth(F.interpolate(grid_map, size=input_shape(size), mode="bilinear", align_corners=False))
+
+    def smooth(self, m: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian, padded as ``smooth_padding``."""
+        r, mode = self.smooth_radius, self.smooth_padding
+        m = F.conv2d(F.pad(m, (r, r, 0, 0), mode=mode), self.smooth_x)
+        return F.conv2d(F.pad(m, (0, 0, r, r), mode=mode), self.smooth_y)
 
     def raw_map(self, image: torch.Tensor) -> torch.Tensor:
         """Smoothed H×W map before the final score normalisation (used for calibration)."""

@@ -60,6 +60,9 @@ class TrainSettings:
     fusion_weights: Optional[dict] = None
     knn_features: str = "raw"  # "raw" (PatchCore: mean-centred backbone features) or "standardised"
     subspace_dim: int = 64  # default head: principal subspace behind its "sub" and "res" terms
+    # default head: entries of the "sub" term's memory bank — a k-center coreset of the bank
+    # projected onto the subspace (0: the whole bank). Its matmul was the graph's costliest node.
+    subspace_bank_size: int = 1024
     curve_points: int = 20  # Fréchet-distance points tracked over a run (each costs an eigendecomposition)
     name: Optional[str] = None
     # --extra-good: more good images (e.g. the operator page's feedback set), always trained on,
@@ -101,6 +104,8 @@ def check_settings(settings: TrainSettings) -> None:
             raise InputError(str(exc)) from None
     if settings.subspace_dim < 0:
         raise InputError(f"subspace_dim {settings.subspace_dim} must be ≥ 0 (0: no subspace terms)")
+    if settings.subspace_bank_size < 0:
+        raise InputError(f"subspace_bank_size {settings.subspace_bank_size} must be ≥ 0 (0: the whole memory bank)")
     if settings.calibration not in CALIBRATION_RULES:
         raise InputError(f"--calibration {settings.calibration}: use {' or '.join(CALIBRATION_RULES)}")
     if settings.feature_cache_images < 1 or settings.coreset_max_patches < 1:

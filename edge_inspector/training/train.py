@@ -11,7 +11,8 @@ Steps:
     between real and reconstructed pooled features on the hold-out set;
  5. build the kNN memory bank (``knn``/``default``) by greedy coreset over the clean training
     patches (raw mean-centred features by default, ``knn_features``) and the principal subspace
-    of those patches (``default``: its ``sub`` and ``res`` terms);
+    of those patches (``default``: its ``sub`` and ``res`` terms; ``sub`` searches a coreset of at
+    most ``subspace_bank_size`` projected bank entries);
  6. fit term and score normalisation and the threshold on the hold-out images; for ``default``,
     choose the term weights on faint synthetic anomalies drawn on the hold-out (fusion.py);
  7. export ONNX with a parity check and write the bundle.
