@@ -58,17 +58,27 @@ def test_recall_at_far_is_the_best_recall_within_the_false_alarm_budget():
     assert recall_at_far(labels, scores, 0.7) == 1.0  # seven may: cut above 2
 
 
-def test_leave_one_out_scores_use_no_bank_entry_of_the_image_itself(knn_bundle):
+def _bank_of_two_images(knn_bundle, seed: int):
+    """The knn bundle's model with random features z of 4 images and a memory bank of every patch
+    of images 0 and 1 (raw space); returns (model, z, patches, source row of each patch)."""
     _, out = knn_bundle
     model, _ = load_checkpoint(out)
-    rng = torch.Generator().manual_seed(0)
+    rng = torch.Generator().manual_seed(seed)
     channels, grid = model.feature_std.shape[1], SIZE // 8
     z = torch.randn(4, channels, grid, grid, generator=rng)
-    # The bank is every patch of images 0 and 1: in-sample, their map is ~0 everywhere.
     patches = (z[:2] * model.feature_std).permute(0, 2, 3, 1).reshape(-1, channels)
     model.knn = KnnScorer(patches)
-    source = torch.arange(2).repeat_interleave(grid * grid)
-    full = [float(model.upsample_and_smooth(model.raw_grid_map(z[i : i + 1]), SIZE).amax()) for i in range(4)]
+    return model, z, patches, torch.arange(2).repeat_interleave(grid * grid)
+
+
+def _image_scores(model, z) -> list[float]:
+    return [float(model.upsample_and_smooth(model.raw_grid_map(z[i : i + 1]), SIZE).amax()) for i in range(len(z))]
+
+
+def test_leave_one_out_scores_use_no_bank_entry_of_the_image_itself(knn_bundle):
+    # The bank is every patch of images 0 and 1: in-sample, their map is ~0 everywhere.
+    model, z, patches, source = _bank_of_two_images(knn_bundle, seed=0)
+    full = _image_scores(model, z)
     loo = leave_one_out_scores(model, z, source, "cpu")
     # (in-sample ≈ 0 up to the matmul form's rounding; leave-one-out: against the other image only)
     assert max(full[:2]) < 0.1 < 1.0 < min(loo[:2])
@@ -77,20 +87,13 @@ def test_leave_one_out_scores_use_no_bank_entry_of_the_image_itself(knn_bundle):
 
 
 def test_leave_one_out_drops_the_images_own_entries_from_a_smaller_subspace_bank(knn_bundle):
-    _, out = knn_bundle
-    model, _ = load_checkpoint(out)
-    rng = torch.Generator().manual_seed(1)
-    channels, grid = model.feature_std.shape[1], SIZE // 8
-    z = torch.randn(4, channels, grid, grid, generator=rng)
-    patches = (z[:2] * model.feature_std).permute(0, 2, 3, 1).reshape(-1, channels)
-    source = torch.arange(2).repeat_interleave(grid * grid)
+    model, z, patches, source = _bank_of_two_images(knn_bundle, seed=1)
     # the sub term alone, its bank every other entry of the memory bank, projected
     model.config.head, model.config.fusion_weights = "default", {"sub": 1.0}
-    model.subspace = torch.linalg.qr(torch.randn(channels, 8, generator=rng)).Q
+    model.subspace = torch.linalg.qr(torch.randn(patches.shape[1], 8, generator=torch.Generator().manual_seed(2))).Q
     sub_index = torch.arange(0, patches.shape[0], 2)
-    model.knn = KnnScorer(patches)
     model.knn_sub = KnnScorer((patches @ model.subspace)[sub_index])
-    full = [float(model.upsample_and_smooth(model.raw_grid_map(z[i : i + 1]), SIZE).amax()) for i in range(4)]
+    full = _image_scores(model, z)
     loo = leave_one_out_scores(model, z, source, "cpu", sub_index)
     assert all(loo[i] > full[i] + 0.1 for i in range(2))  # its own half of the sub bank is gone
     np.testing.assert_allclose(loo[2:], full[2:], rtol=1e-6)
