@@ -454,6 +454,9 @@ def test_the_subspace_terms_bank_is_a_covering_subset_of_the_projected_bank(defa
     index = subspace_bank_index(projected, 4, seed=0)
     assert index.tolist() == sorted(index.tolist()) and {int(i) // 50 for i in index} == {0, 1, 2, 3}
     assert subspace_bank_index(projected, 0, seed=0).tolist() == list(range(200))  # 0: the whole bank
+    # the entries covering operator-marked good images (the bank's last rows) are always kept
+    kept = subspace_bank_index(projected, 4, seed=0, keep_last=3).tolist()
+    assert len(kept) == 4 and kept[-3:] == [197, 198, 199]
     assert subspace_bank_index(projected, 500, seed=0).tolist() == list(range(200))
 
     # a bundle whose sub bank is smaller than its memory bank loads with that size
@@ -514,6 +517,21 @@ def test_knn_scorer_equals_brute_force_nearest_distance():
     flat = z.permute(0, 2, 3, 1).reshape(-1, 16)
     expected = torch.cdist(flat, bank).min(dim=1).values.reshape(2, 3, 4)
     torch.testing.assert_close(got[:, 0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_an_operator_marked_good_image_is_covered_as_densely_as_typical_training_patches():
+    from edge_inspector.training.components import cover_patches, typical_bank_distance
+
+    g = torch.Generator().manual_seed(0)
+    training = torch.randn(2000, 8, generator=g)
+    bank = training[greedy_coreset(training, 20, seed=0)]
+    reach = typical_bank_distance(training, bank, seed=0)
+    unusual = torch.randn(64, 8, generator=g) + 6.0  # one image's patches, far from every training patch
+    assert torch.cdist(unusual, bank).min(dim=1).values.min() > reach
+    added = cover_patches(unusual, bank, reach)
+    covered = torch.cdist(unusual, torch.cat([bank, unusual[added]])).min(dim=1).values
+    assert covered.max() <= reach and 0 < added.numel() < unusual.shape[0]
+    assert cover_patches(training[:100], bank, float("inf")).numel() == 0  # nothing beyond reach: nothing added
 
 
 def test_greedy_coreset_covers_every_cluster():

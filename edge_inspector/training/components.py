@@ -63,13 +63,27 @@ def fit_components(data: TrainingData, settings: TrainSettings, train_ae: bool, 
         bar.close()
         parts.bank = patches[chosen].clone()
         parts.bank_source = rows[chosen].clone()  # the clean training image behind each entry (crossfit.py)
+        n_added = 0
+        if data.n_extra_good:
+            # Images an operator marked "good — false alarm" (--extra-good) must pass afterwards: a
+            # 1 % coreset covers a single unusual image only as loosely as the sparsest region of
+            # the training set, so its own unusual patches keep scoring near the coverage radius.
+            first_extra = data.z_clean.shape[0] - data.n_extra_good
+            extra, extra_rows = bank_candidates(data.z_clean[first_extra:], scale, settings.coreset_max_patches,
+                                                settings.seed + 8)
+            reach = typical_bank_distance(patches[rows < first_extra], parts.bank, settings.seed + 9)
+            added = cover_patches(extra, parts.bank, reach)
+            n_added = int(added.numel())
+            parts.bank = torch.cat([parts.bank, extra[added]])
+            parts.bank_source = torch.cat([parts.bank_source, extra_rows[added] + first_extra])
+            parts.timing["extra_good_bank_entries"] = n_added
         if settings.head == "default":  # only the default head has the subspace terms
             parts.subspace = principal_subspace(patches, settings.subspace_dim)
             if parts.subspace is not None:
                 parts.sub_index = subspace_bank_index(parts.bank @ parts.subspace, settings.subspace_bank_size,
-                                                      settings.seed + 7)
+                                                      settings.seed + 7, keep_last=n_added)
         parts.timing["coreset_s"] = round(time.perf_counter() - t0, 2)
-        parts.timing["bank_size"] = int(chosen.numel())
+        parts.timing["bank_size"] = int(parts.bank.shape[0])
         parts.timing["coreset_candidates"] = int(patches.shape[0])
     return parts
 
@@ -100,14 +114,43 @@ def bank_candidates(z: torch.Tensor, scale: Optional[torch.Tensor], limit: int, 
     return torch.cat(blocks), torch.cat(rows)
 
 
-def subspace_bank_index(projected_bank: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Rows of the memory bank the subspace term keeps: a k-center coreset of ``size`` of the
-    projected entries (M×d), so the kept ones still cover the rest; all rows when ``size`` is 0 or
-    at least M. In image order (sorted), so a bundle's bank is deterministic in layout too."""
+def subspace_bank_index(projected_bank: torch.Tensor, size: int, seed: int, keep_last: int = 0) -> torch.Tensor:
+    """Rows of the memory bank the subspace term keeps: the last ``keep_last`` rows (the entries
+    that cover operator-marked good images) and a k-center coreset of the others up to ``size`` in
+    all, so the kept ones still cover the rest; all rows when ``size`` is 0 or at least M. In bank
+    order (sorted), so a bundle's bank is deterministic in layout too."""
     m = projected_bank.shape[0]
     if size <= 0 or size >= m:
         return torch.arange(m)
-    return torch.sort(greedy_coreset(projected_bank, size, seed=seed)).values
+    first_kept = m - keep_last
+    n_coreset = max(size - keep_last, 1)
+    chosen = greedy_coreset(projected_bank[:first_kept], n_coreset, seed=seed)
+    return torch.sort(torch.cat([chosen, torch.arange(first_kept, m)])).values
+
+
+def _nearest_distance(points: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each row of ``points`` to its nearest row of ``bank``, in blocks."""
+    return torch.cat([torch.cdist(points[i : i + 4096], bank).min(dim=1).values for i in range(0, points.shape[0], 4096)])
+
+
+def typical_bank_distance(patches: torch.Tensor, bank: torch.Tensor, seed: int, sample: int = 4096) -> float:
+    """Median distance of the training patches (a seeded sample of them) to the memory bank."""
+    if patches.shape[0] > sample:
+        patches = patches[torch.randperm(patches.shape[0], generator=torch.Generator().manual_seed(seed))[:sample]]
+    return float(_nearest_distance(patches.float(), bank.float()).median())
+
+
+def cover_patches(patches: torch.Tensor, bank: torch.Tensor, reach: float) -> torch.Tensor:
+    """Indices of ``patches`` to add to ``bank`` so that every patch is within ``reach`` of it:
+    farthest-first, the same greedy k-center rule as the coreset, stopped at the reach instead of
+    at a count."""
+    distance = _nearest_distance(patches.float(), bank.float())
+    added: list[int] = []
+    while distance.numel() and float(distance.max()) > reach:
+        pick = int(distance.argmax())
+        added.append(pick)
+        distance = torch.minimum(distance, torch.linalg.vector_norm(patches.float() - patches[pick].float(), dim=1))
+    return torch.tensor(added, dtype=torch.long)
 
 
 def principal_subspace(patches: torch.Tensor, dim: int) -> Optional[torch.Tensor]:
