@@ -96,3 +96,23 @@ def test_extra_good_without_images_is_exit_2(tmp_path, capsys):
     code = main(["train", "--data", str(data), "--out", str(tmp_path / "m"), "--extra-good", str(tmp_path / "empty")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--extra-good has no images" in err and len(err.splitlines()) == 1
+
+
+def test_a_default_model_keeps_the_marked_images_bank_entries_in_its_subspace_bank(tmp_path):
+    from edge_inspector.training.export import load_checkpoint
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    data = make_dataset(tmp_path / "part")
+    marked = tmp_path / "feedback" / "test" / "good"
+    marked.mkdir(parents=True)
+    cv2.imwrite(str(marked / "unusual.png"), unusual_good_part(rng))
+    out = train_bundle(data, tmp_path / "model", head="default", iterations=2, image_size=SIZE, seed=0,
+                       progress=False, augmented_copies=0, export=False, extra_good=str(tmp_path / "feedback"),
+                       subspace_bank_size=4)
+    added = json.loads((out / "model.json").read_text())["training"]["timing"]["extra_good_bank_entries"]
+    model, _ = load_checkpoint(out)
+    bank = model.knn.bank_t.t()
+    assert 0 < added < bank.shape[0] and model.knn_sub.size == max(4, added)
+    # the sub bank holds the projection of every entry that covers the marked image (the bank's last rows)
+    torch.testing.assert_close(model.knn_sub.bank_t.t()[-added:], bank[-added:] @ model.subspace)
