@@ -176,21 +176,20 @@ def test_a_reload_onto_a_taken_port_keeps_serving_on_the_old_one():
 
     from edge_inspector.config.models import Config
     from edge_inspector.health.server import HealthOps
-    from tests.helpers.broker import free_port
 
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     taken = blocker.getsockname()[1]
-    port = free_port()
     metrics, control = MetricsObserver(), FakeControl()
 
     def config(health_port):
         return Config.model_validate({"station": {"line": "l1", "name": "st1"}, "health": {"port": health_port}})
 
-    ops = HealthOps(metrics.registry, config(port), control.stage_heartbeats)
+    ops = HealthOps(metrics.registry, config(0), control.stage_heartbeats)  # 0: a port the OS picks
     try:
         ops.start()
+        port = ops.server.port
         with pytest.raises(ConfigError, match=rf"health.port={taken} .*already in use.*still serving http://127.0.0.1:{port}"):
             ops.apply_config(config(taken))
         # /metrics and /healthz never went away for good: the station stays scrapable

@@ -531,19 +531,20 @@ def test_reload_onto_a_taken_health_port_keeps_the_station_scrapable(tmp_path, m
     import socket
     import urllib.request
 
-    from tests.helpers.broker import free_port
+    from edge_inspector.health.server import HealthOps
 
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
-    taken, port = blocker.getsockname()[1], free_port()
+    taken = blocker.getsockname()[1]
     config = tmp_path / "station.yaml"
     base = {"station": {"line": "l1", "name": "st1"}, "model": {"path": str(model_dir), "warmup_runs": 0},
             "outbox": {"path": str(tmp_path / "o.sqlite")}, "archive": {"enabled": False, "path": str(tmp_path / "archive")},
-            "health": {"enabled": True, "port": port}}
+            "health": {"enabled": True, "port": 0}}  # 0: a port the OS picks
     config.write_text(yaml.safe_dump(base))
     sup, t = _running_on_grey_frames(base, config, FakePublisher)
     try:
+        port = next(c for c in sup.ops if isinstance(c, HealthOps)).server.port
         config.write_text(yaml.safe_dump({**base, "health": {"enabled": True, "port": taken}}))
         ok, msg = sup.reload()
         # the rest of the reload applies; the health part names the clash and where it still serves

@@ -190,18 +190,20 @@ class HealthOps:
         self._timeout = cfg.pipeline.heartbeat_timeout_s
         self.server: Optional[HealthServer] = None
 
-    def start(self) -> None:
+    def start(self, port: Optional[int] = None) -> None:
+        """Serve on the configured address (``port``: this port instead of ``health.port``)."""
         cfg = self._health_cfg
         if not cfg.enabled:
             return
-        server = HealthServer(self._registry, cfg.host, cfg.port, self._timeout, heartbeats=self._heartbeats,
+        port = cfg.port if port is None else port
+        server = HealthServer(self._registry, cfg.host, port, self._timeout, heartbeats=self._heartbeats,
                               conditions=self._conditions, routes=self._routes)
         try:
             server.start()
         except OSError as exc:
             # A station nobody can scrape must not say READY: at start this is exit 2 (bad
             # input, not restarted by the unit); on a reload the caller reports it.
-            raise ConfigError(port_in_use_message(cfg.host, cfg.port, exc)) from None
+            raise ConfigError(port_in_use_message(cfg.host, port, exc)) from None
         self.server = server
 
     def stop(self) -> None:
@@ -218,13 +220,14 @@ class HealthOps:
         if cfg.health == self._health_cfg:
             return "health: unchanged"
         previous = self._health_cfg
+        served = self.server.port if self.server is not None else None  # the bound one (health.port 0: picked)
         self.stop()
         self._health_cfg = cfg.health
         try:
             self.start()
         except ConfigError as exc:
             self._health_cfg = previous
-            self.start()  # the old address was ours a moment ago
+            self.start(port=served)  # the same URL the scrapers had: it was ours a moment ago
             where = f"still serving {self.server.url}" if self.server else "it stays off"
             raise ConfigError(f"{exc}; {where}") from None
         return f"health: {'serving ' + self.server.url if self.server else 'off'}"
