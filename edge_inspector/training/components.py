@@ -14,7 +14,7 @@ from tqdm import tqdm
 from edge_inspector.training.ae_loop import train_autoencoder
 from edge_inspector.training.backbone import DEFAULT_TAPS
 from edge_inspector.training.features import TrainingData
-from edge_inspector.training.knn import greedy_coreset
+from edge_inspector.training.knn import KnnScorer, greedy_coreset
 from edge_inspector.training.mdaae import Mdaae, MdaaeConfig
 from edge_inspector.training.sagan import Critic
 from edge_inspector.training.settings import TrainSettings
@@ -129,8 +129,10 @@ def subspace_bank_index(projected_bank: torch.Tensor, size: int, seed: int, keep
 
 
 def _nearest_distance(points: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of each row of ``points`` to its nearest row of ``bank``, in blocks."""
-    return torch.cat([torch.cdist(points[i : i + 4096], bank).min(dim=1).values for i in range(0, points.shape[0], 4096)])
+    """Euclidean distance of each row of ``points`` (M×C) to its nearest row of ``bank``: the
+    model's own kNN scorer, on blocks of rows laid out as a C×rows×1 map."""
+    scorer = KnnScorer(bank)
+    return torch.cat([scorer(block.t()[None, :, :, None]).flatten() for block in points.split(4096)])
 
 
 def typical_bank_distance(patches: torch.Tensor, bank: torch.Tensor, seed: int, sample: int = 4096) -> float:

@@ -61,7 +61,8 @@ class TrainSettings:
     knn_features: str = "raw"  # "raw" (PatchCore: mean-centred backbone features) or "standardised"
     subspace_dim: int = 64  # default head: principal subspace behind its "sub" and "res" terms
     # default head: entries of the "sub" term's memory bank — a k-center coreset of the bank
-    # projected onto the subspace (0: the whole bank). Its matmul was the graph's costliest node.
+    # projected onto the subspace (0: the whole bank): its matmul's cost stops growing with the
+    # training set (bottle's whole bank made it the costliest part after the backbone).
     subspace_bank_size: int = 1024
     curve_points: int = 20  # Fréchet-distance points tracked over a run (each costs an eigendecomposition)
     name: Optional[str] = None
