@@ -19,6 +19,9 @@ Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist"]
 # points better than ImageNet mean/std on these weights.
 TF_MEAN = 127.0
 TF_STD = 128.0
+# The levelling step of match_hist leaves a pixel at or above this level in every channel at 255:
+# a clipped pixel has no known true value to level.
+CLIPPED_LEVEL = 254
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,8 @@ class Preprocessor:
         """Divide out the frame's first-order illumination field: a least-squares plane
         a + b·x + c·y fitted to the luma, applied as the factor 1 + (b·x + c·y)/a. A lamp to one
         side gives such a ramp; a part centred in the frame contributes almost no slope of its
-        own, so an evenly lit frame comes out nearly unchanged."""
+        own, so an evenly lit frame comes out nearly unchanged. Pixels clipped in every channel
+        (≥ ``CLIPPED_LEVEL``) stay at 255."""
         h, w = img.shape[:2]
         step = max(1, int(np.ceil(max(h, w) / 128)))
         luma = cv2.cvtColor(np.ascontiguousarray(img[::step, ::step]), cv2.COLOR_BGR2GRAY).astype(np.float32)
@@ -196,7 +200,16 @@ class Preprocessor:
         x = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
         y = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
         inverse = 1.0 / np.clip(1.0 + (b * x[None, :] + c * y[:, None]) / a, 0.25, 4.0)
-        return cv2.multiply(img, cv2.merge([inverse.astype(np.float32)] * 3), dtype=cv2.CV_8U)  # saturating
+        levelled = cv2.multiply(img, cv2.merge([inverse.astype(np.float32)] * 3), dtype=cv2.CV_8U)  # saturating
+        # A pixel the sensor clipped says only "at least this bright": dividing it by a factor > 1
+        # would invent a grey that was never seen. Bottle's white background, clipped in every
+        # training frame, came out grey wherever the fitted plane leant (clean frames too, more so
+        # in brightened ones), and the model called the grey an anomaly: on one bundle FAR 15 % in
+        # clean light and 40-90 % at gain x1.2-x1.6 without this rule, 0 % with it (docs/benchmarks.md,
+        # "Light stress": what clipping hid in training, darkening still reveals).
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        clipped = cv2.inRange(img, (CLIPPED_LEVEL,) * channels, (255,) * channels)  # 255 where every channel clips
+        return cv2.max(levelled, clipped if channels == 1 else cv2.merge([clipped] * channels))
 
     def _match_hist(self, img: np.ndarray) -> np.ndarray:
         """Level the first-order illumination slope (``_level``), then one tone curve (the same
