@@ -104,6 +104,7 @@ def exposure_stats(images: Iterable[np.ndarray]) -> dict:
         "black_level": BLACK_LEVEL,
         "mean_luma": {"min": round(min(means), 3), "max": round(max(means), 3), "mean": round(float(np.mean(means)), 3)},
         "saturated_fraction_max": round(max(f.saturated_fraction for f in figures), 5),
+        "saturated_fraction_mean": round(float(np.mean([f.saturated_fraction for f in figures])), 5),
         "black_fraction_max": round(max(f.black_fraction for f in figures), 5),
         "luma_percentiles": [int(v) for v in quantiles],
         "n_images": len(figures),

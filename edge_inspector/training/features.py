@@ -123,9 +123,31 @@ def scan_images(groups: list[tuple[list[Path], str]]) -> tuple[list[list[Path]],
 
     # Exposure figures of train/good for the station's image-quality gate (preprocess/quality.py).
     exposure = exposure_stats(frames())
+    warn_if_overexposed(exposure)
     # The training frames' typical (height, width): a keep-aspect model input follows it.
     frame_size = [int(v) for v in np.median(np.asarray(sizes), axis=0)]
     return kept, per_image, {**channels.result(), "exposure": exposure, "frame_size": frame_size}
+
+
+# Mean share of clipped pixels in the training frames above which training warns: under clipped
+# pixels the model learns a flat white, and any darker frame un-clips them into a structure it has
+# never seen (bottle, 36 % clipped: FAR 65-100 % at gain x0.6-x0.8 with match_hist lighting,
+# docs/benchmarks.md "Light stress"). kolektorsdd's bright texture clips ≤ 3 %.
+OVEREXPOSED_TRAINING_FRACTION = 0.05
+
+
+def warn_if_overexposed(exposure: dict) -> bool:
+    """Log a one-line warning when the training frames are clipped over a large area."""
+    share = float(exposure.get("saturated_fraction_mean", 0.0))
+    if share <= OVEREXPOSED_TRAINING_FRACTION:
+        return False
+    log.warning(
+        f"training images are overexposed: {100 * share:.0f} % of a typical frame is at or above grey level "
+        f"{exposure.get('saturated_level')}; the model cannot see detail there and will alarm when less light "
+        "un-clips it. Lower the camera's exposure or gain until under 1 % and retake the images",
+        saturated_fraction_mean=round(share, 4),
+    )
+    return True
 
 
 class FeatureWriter:
