@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.model_benchmark import DATASETS, datasets_root  # noqa: E402
 from edge_inspector.config.models import QualityConfig  # noqa: E402
 from edge_inspector.datasets import list_test_items  # noqa: E402
+from edge_inspector.errors import InputError  # noqa: E402
 from edge_inspector.imageio import read_image  # noqa: E402
 from edge_inspector.inference.bundle import load_bundle  # noqa: E402
 from edge_inspector.inference.onnx_engine import OnnxEngine  # noqa: E402
@@ -267,7 +268,16 @@ def combine(paths: list[str]) -> dict:
     """Merge runs (e.g. one per dataset or bundle) into one document: datasets → bundle variant."""
     out: dict = {"benchmark": "light-stress (issue 9)", "paper_far": PAPER_FAR, "seed": SEED, "runs": [], "datasets": {}}
     for path in paths:
-        run = json.loads(Path(path).read_text(encoding="utf-8"))
+        run = read_json(path)
+        if "runs" in run and "command" not in run:  # already combined: merge its runs' datasets as they are
+            out["runs"].extend(run["runs"])
+            for name, variants in run["datasets"].items():
+                for variant, ds in variants.items():
+                    target = out["datasets"].setdefault(name, {}).setdefault(variant, {k: v for k, v in ds.items() if k != "lighting"})
+                    target.setdefault("lighting", {}).update(ds["lighting"])
+            continue
+        if "command" not in run or "datasets" not in run:
+            raise InputError(f"{path}: not a light_benchmark.py run or combined result")
         out["runs"].append({"command": run["command"], "limit": run["limit"], "threads": run["threads"],
                             "quality_gate": run["quality_gate"]})
         for name, ds in run["datasets"].items():
@@ -275,6 +285,18 @@ def combine(paths: list[str]) -> dict:
             target = out["datasets"].setdefault(name, {}).setdefault(variant, {k: v for k, v in ds.items() if k != "lighting"})
             target.setdefault("lighting", {}).update(ds["lighting"])
     return out
+
+
+def read_json(path: str) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: not a light_benchmark.py result")
+    return doc
 
 
 def _auroc_text(v: Optional[float]) -> str:
@@ -356,10 +378,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--combine", nargs="+", metavar="RUN.json", help="merge earlier runs into --json instead of running")
-    p.add_argument("--markdown", metavar="COMBINED.json", help="print the docs tables of a combined JSON instead of running")
+    p.add_argument("--markdown", metavar="RESULT.json", help="print the docs tables of a run's or a combined JSON instead of running")
     args = p.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(Path(args.markdown).read_text(encoding="utf-8"))))
+        # a single run's JSON is shown as its own combination (one run, same tables)
+        print(markdown(combine([args.markdown])))
         return 0
     if args.combine:
         text = json.dumps(combine(args.combine), indent=1)
@@ -416,8 +439,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from edge_inspector.errors import InputError
-
     try:
         sys.exit(main())
     except InputError as exc:  # a bundle, dataset or option that cannot work: one line, exit 2

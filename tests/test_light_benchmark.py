@@ -87,3 +87,23 @@ def test_combine_and_markdown_read_every_figure_from_the_json(tmp_path, monkeypa
     text = capsys.readouterr().out
     assert "| bottle | `tiny-default` (default, trained with lighting none) | none |" in text
     assert "| gain x1.2 ✱ | 0 / 100 / 0 / 1.000 |" in text
+    # a single run's JSON gives the same tables; a combined result combines again unchanged
+    assert lb.main(["--markdown", str(run)]) == 0
+    assert capsys.readouterr().out == text
+    again = tmp_path / "again.json"
+    assert lb.main(["--combine", str(combined), "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["datasets"] == doc["datasets"]
+
+
+def test_markdown_of_a_file_that_is_not_a_result_is_one_line(tmp_path):
+    import pytest
+
+    from edge_inspector.errors import InputError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a light_benchmark.py result"):
+        lb.main(["--markdown", str(bad)])
+    bad.write_text("{oops")
+    with pytest.raises(InputError, match="not JSON"):
+        lb.main(["--combine", str(bad)])
