@@ -246,3 +246,56 @@ def test_levelling_removes_a_ramp_and_leaves_an_even_frame_alone():
     ramped = apply_gradient(even, 0.3, 30.0)
     assert np.abs(ramped.astype(np.float32) - even).mean() > 10
     assert np.abs(Preprocessor._level(ramped).astype(np.float32) - even).mean() < 4.0
+
+
+def test_levelling_keeps_clipped_pixels_clipped():
+    """A white background clipped by the sensor has no known true value: levelling must not turn
+    it grey (it did wherever the fitted plane leant, and the model alarmed on the grey)."""
+    from edge_inspector.preprocess.core import Preprocessor
+
+    rng = np.random.default_rng(2)
+    part = cv2.GaussianBlur((rng.random((90, 120, 3)) * 60 + 40).astype(np.uint8), (7, 7), 0)
+    frame = apply_gradient(part, 0.3, 0.0)
+    frame[:, :15] = 255  # an overexposed background on both sides of a centred part
+    frame[:, 105:] = 255
+    levelled = Preprocessor._level(frame)
+    assert (levelled[:, :15] == 255).all() and (levelled[:, 105:] == 255).all()
+    # the part between them is still levelled (the plane fit, bright background included, takes
+    # out part of its slope; test_levelling_removes_a_ramp… covers a frame without clipping)
+    def slope(img):
+        return img[:, 80:100].astype(np.float32).mean() - img[:, 20:40].astype(np.float32).mean()
+    assert slope(frame) > 10.0
+    assert 0.0 < slope(levelled) < 0.9 * slope(frame)
+
+
+def test_training_on_overexposed_frames_warns_once_with_the_clipped_share(tmp_path, capsys):
+    """A training set with a large clipped area gets one warning line naming the share; one with
+    a few clipped highlights (kolektorsdd's bright texture: ≤ 3 %) does not."""
+    import json
+
+    from edge_inspector.logging import setup_logging
+    from edge_inspector.training.features import scan_images
+
+    setup_logging("INFO", json_logs=True)
+    capsys.readouterr()
+    rng = np.random.default_rng(3)
+
+    def write(folder, white_columns):
+        folder.mkdir()
+        paths = []
+        for k in range(3):
+            img = (rng.random((40, 60, 3)) * 120 + 40).astype(np.uint8)
+            img[:, :white_columns] = 255
+            paths.append(folder / f"{k}.png")
+            cv2.imwrite(str(paths[-1]), img)
+        return paths
+
+    *_, stats = scan_images([(write(tmp_path / "bright", 24), "train/good")])  # 40 % clipped
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert stats["exposure"]["saturated_fraction_mean"] == pytest.approx(0.4, abs=0.02)
+    warning = [line for line in lines if "overexposed" in line["event"]]
+    assert len(warning) == 1 and warning[0]["level"] == "warning"
+    assert "40 %" in warning[0]["event"] and "exposure or gain" in warning[0]["event"]
+
+    scan_images([(write(tmp_path / "fine", 1), "train/good")])  # under 2 % clipped
+    assert "overexposed" not in capsys.readouterr().err
