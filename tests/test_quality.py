@@ -299,3 +299,52 @@ def test_training_on_overexposed_frames_warns_once_with_the_clipped_share(tmp_pa
 
     scan_images([(write(tmp_path / "fine", 1), "train/good")])  # under 2 % clipped
     assert "overexposed" not in capsys.readouterr().err
+
+
+def test_match_hist_reclips_what_the_training_frames_clipped():
+    """Training frames clipped their bright background at 255, hiding a falloff in one corner.
+    A darker frame un-clips the background, corner falloff included: match_hist maps the share of
+    the frame the training clipped (and a margin of CLIP_MARGIN_PERCENTILES) back to 255, so the
+    model sees the white it was trained on, not a structure it never saw."""
+    from edge_inspector.preprocess.core import Preprocessor
+
+    rng = np.random.default_rng(4)
+    h, w = 100, 100
+    true_light = np.full((h, w), 320.0)  # the background is brighter than the sensor's range...
+    true_light[:14, :14] = 262.0  # ...less so in one corner (2 % of the frame)
+    part = cv2.GaussianBlur((rng.random((h, w)) * 120 + 40).astype(np.float32), (5, 5), 0)
+    inside = np.zeros((h, w), bool)
+    inside[25:75, 20:80] = True  # the part covers 30 % of the frame; the rest is background
+    scene = np.where(inside, part, true_light)
+
+    def shot(gain):
+        return np.repeat(np.clip(scene * gain, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+    train = shot(1.0)
+    assert (train[~inside] == 255).all()  # training saw the whole background clipped
+    stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats([train])}
+    matched = Preprocessor((h, w), lighting="match_hist", train_stats=stats)
+    darker = matched.normalise_lighting(shot(0.8))  # background 256 → 255, the corner 209
+    assert (darker[~inside] == 255).all()
+    part_error = np.abs(darker[inside].astype(np.float32) - matched.normalise_lighting(train)[inside]).mean()
+    assert part_error < 4.0
+    # a bundle trained before the rule has no exposure.reclip_from: it keeps the tone curve it was
+    # trained with, and the un-clipped corner shows
+    old_stats = {**stats, "exposure": {k: v for k, v in stats["exposure"].items() if k != "reclip_from"}}
+    old = Preprocessor((h, w), lighting="match_hist", train_stats=old_stats).normalise_lighting(shot(0.8))
+    assert not (old[~inside] == 255).all()
+
+
+def test_match_hist_leaves_a_few_clipped_highlights_alone():
+    """Re-clipping is for training frames that clipped a large area; a texture whose brightest
+    specks reach 255 (the pooled luma at 255 only at percentile 100) keeps its plain tone curve."""
+    from edge_inspector.preprocess.quality import reclip_percentile
+
+    rng = np.random.default_rng(5)
+    texture = (rng.random((80, 80)) * 60 + 170).astype(np.uint8)
+    texture[rng.random((80, 80)) < 0.01] = 255  # 1 % clipped specks
+    assert reclip_percentile(np.asarray(exposure_stats([texture])["luma_percentiles"])) is None
+    overexposed = texture.copy()
+    overexposed[:, :30] = 255  # 38 % clipped
+    start = reclip_percentile(np.asarray(exposure_stats([overexposed])["luma_percentiles"]))
+    assert start is not None and 55.0 <= start <= 62.0

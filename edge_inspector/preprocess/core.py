@@ -143,12 +143,17 @@ class Preprocessor:
             raise InputError("lighting 'match_train' needs training-set statistics from the model bundle (model.json: preprocess.train_stats)")
         # match_hist: the training images' luma percentiles (exposure_stats in preprocess/quality.py).
         self._train_percentiles = None
+        self._reclip_from: Optional[float] = None
         if lighting == "match_hist":
             percentiles = ((train_stats or {}).get("exposure") or {}).get("luma_percentiles")
             if not percentiles or len(percentiles) != 101:
                 raise InputError("lighting 'match_hist' needs the training images' luma percentiles from the model bundle "
                                  "(model.json: preprocess.train_stats.exposure.luma_percentiles; retrain with this version)")
             self._train_percentiles = np.asarray(percentiles, dtype=np.float64)
+            # Recorded at training time: bundles from before the rule have no key and keep the
+            # plain tone curve they were trained with.
+            reclip = ((train_stats or {}).get("exposure") or {}).get("reclip_from")
+            self._reclip_from = float(reclip) if reclip is not None else None
 
     # -- geometry -------------------------------------------------------------------------
     def _crop(self, img: np.ndarray) -> tuple[np.ndarray, Geometry]:
@@ -215,7 +220,9 @@ class Preprocessor:
         """Level the first-order illumination slope (``_level``), then one tone curve (the same
         LUT on every channel) that maps the frame's luma percentiles onto the training images':
         undoes a smooth gradient and any global monotonic change of light (gain, gamma, offset)
-        up to clipping, keeps colour ratios, and leaves local structure alone."""
+        up to clipping, keeps colour ratios, and leaves local structure alone. When the training
+        frames clipped a large area, the frame's same share (and a margin) maps to 255
+        (``quality.reclip_percentile``, recorded in the bundle as ``exposure.reclip_from``)."""
         img = self._level(img)
         luma = sampled_luma(img)  # the same subsample exposure_stats took of the training images
         levels = np.linspace(0.0, 100.0, 101)
@@ -224,6 +231,8 @@ class Preprocessor:
         cdf = np.cumsum(counts)
         position = 100.0 * (cdf - 0.5 * counts) / cdf[-1]
         lut = np.interp(position, levels, self._train_percentiles)
+        if self._reclip_from is not None:
+            lut[position >= self._reclip_from] = 255.0
         return cv2.LUT(img, np.clip(np.rint(lut), 0, 255).astype(np.uint8))
 
     def normalise_lighting(self, bgr: np.ndarray) -> np.ndarray:

@@ -39,6 +39,16 @@ SAMPLE_SIDE = 256
 # BT.601 luma weights in BGR order (what cv2.COLOR_BGR2GRAY uses).
 LUMA_BGR = (0.114, 0.587, 0.299)
 SATURATED_LEVEL = 250
+# Mean share of clipped pixels in the training frames above which the training set counts as
+# overexposed: `train` warns (training/features.py) and match_hist re-clips that share
+# (reclip_percentile). Under clipped pixels the model learns a flat white, and a darker frame
+# un-clips them into a structure it has never seen (bottle, 35 % clipped: FAR 65-90 % at gain
+# x0.6-x0.8 under match_hist without the re-clipping; docs/benchmarks.md "Light stress").
+# kolektorsdd's bright texture clips at most 3 % of a frame.
+OVEREXPOSED_TRAINING_FRACTION = 0.05
+# match_hist on such a model maps the share the training frames clipped, and this many percentile
+# points more, to 255 (reclip_percentile; Preprocessor._match_hist).
+CLIP_MARGIN_PERCENTILES = 3.0
 BLACK_LEVEL = 5
 
 
@@ -84,6 +94,22 @@ def measure(image: np.ndarray, saturated_level: int = SATURATED_LEVEL, black_lev
     return _measure_sample(_sample(image), saturated_level, black_level)[0]
 
 
+def reclip_percentile(train_percentiles) -> Optional[float]:
+    """The frame position (percentile) from which match_hist's tone curve maps to 255, or None.
+
+    Only for training frames that clipped a large area (the pooled luma reaches the saturated
+    level at or below percentile 100 − 100·OVEREXPOSED_TRAINING_FRACTION): under it the model
+    learnt a flat white, and a frame with less light un-clips a structure it has never seen (the
+    lamp's falloff across bottle's white background). Re-clipping the share the training frames
+    clipped, plus CLIP_MARGIN_PERCENTILES for its spread from frame to frame, gives the model back
+    the white it knows. A texture with a few clipped highlights (kolektorsdd: its pooled luma
+    reaches 255 only at percentile 100) is left alone."""
+    onset = np.flatnonzero(np.asarray(train_percentiles) >= SATURATED_LEVEL)
+    if not onset.size or onset[0] > 100.0 - 100.0 * OVEREXPOSED_TRAINING_FRACTION:
+        return None
+    return float(onset[0]) - CLIP_MARGIN_PERCENTILES
+
+
 def exposure_stats(images: Iterable[np.ndarray]) -> dict:
     """Training-set exposure figures for model.json ``preprocess.exposure`` (images: uint8 BGR or grey)."""
     figures, histogram = [], np.zeros(256, dtype=np.float64)
@@ -107,6 +133,7 @@ def exposure_stats(images: Iterable[np.ndarray]) -> dict:
         "saturated_fraction_mean": round(float(np.mean([f.saturated_fraction for f in figures])), 5),
         "black_fraction_max": round(max(f.black_fraction for f in figures), 5),
         "luma_percentiles": [int(v) for v in quantiles],
+        "reclip_from": reclip_percentile(quantiles),
         "n_images": len(figures),
     }
 

@@ -19,7 +19,7 @@ from edge_inspector.errors import InputError
 from edge_inspector.imageio import read_image
 from edge_inspector.logging import get_logger
 from edge_inspector.preprocess import Preprocessor, aspect_input_shape, random_photometric, to_bgr_uint8
-from edge_inspector.preprocess.quality import exposure_stats
+from edge_inspector.preprocess.quality import OVEREXPOSED_TRAINING_FRACTION, exposure_stats
 from edge_inspector.training.settings import TrainSettings
 
 log = get_logger(__name__)
@@ -127,13 +127,6 @@ def scan_images(groups: list[tuple[list[Path], str]]) -> tuple[list[list[Path]],
     # The training frames' typical (height, width): a keep-aspect model input follows it.
     frame_size = [int(v) for v in np.median(np.asarray(sizes), axis=0)]
     return kept, per_image, {**channels.result(), "exposure": exposure, "frame_size": frame_size}
-
-
-# Mean share of clipped pixels in the training frames above which training warns: under clipped
-# pixels the model learns a flat white, and any darker frame un-clips them into a structure it has
-# never seen (bottle, 36 % clipped: FAR 65-100 % at gain x0.6-x0.8 with match_hist lighting,
-# docs/benchmarks.md "Light stress"). kolektorsdd's bright texture clips ≤ 3 %.
-OVEREXPOSED_TRAINING_FRACTION = 0.05
 
 
 def warn_if_overexposed(exposure: dict) -> bool:
