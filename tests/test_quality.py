@@ -348,3 +348,32 @@ def test_match_hist_leaves_a_few_clipped_highlights_alone():
     overexposed[:, :30] = 255  # 38 % clipped
     start = reclip_percentile(np.asarray(exposure_stats([overexposed])["luma_percentiles"]))
     assert start is not None and 55.0 <= start <= 62.0
+
+
+def test_match_tone_undoes_global_light_but_keeps_the_parts_own_slope():
+    """match_tone is match_hist without the levelling plane: global gain/gamma/offset are undone
+    the same way, and a brightness slope that belongs to the part stays (match_hist removes it)."""
+    from edge_inspector.preprocess.core import Preprocessor
+
+    rng = np.random.default_rng(6)
+    texture = cv2.GaussianBlur((rng.random((120, 160, 3)) * 80 + 60).astype(np.uint8), (5, 5), 0)
+    sloped = apply_gradient(texture, 0.3, 0.0)  # the part is brighter to the right, in every frame
+    stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats([sloped])}
+    tone = Preprocessor(64, lighting="match_tone", train_stats=stats)
+    hist = Preprocessor(64, lighting="match_hist", train_stats=stats)
+    ref = tone.prepare_rgb(sloped)[0].astype(np.float32)
+    for cond in (LightCondition("g", gain=1.3), LightCondition("y", gamma=0.6), LightCondition("o", offset=-30)):
+        assert np.abs(tone.prepare_rgb(cond.apply(sloped))[0] - ref).mean() < 3.0
+
+    def slope(img):
+        return img[:, 48:].astype(np.float32).mean() - img[:, :16].astype(np.float32).mean()
+    assert slope(ref) > 0.6 * slope(cv2.resize(sloped, (64, 64), interpolation=cv2.INTER_AREA))
+    assert slope(hist.prepare_rgb(sloped)[0]) < 0.5 * slope(ref)
+
+
+def test_match_tone_is_a_training_and_station_lighting(tmp_path):
+    from edge_inspector.config.models import PreprocessConfig
+    from edge_inspector.training.settings import TrainSettings, check_settings
+
+    assert PreprocessConfig(lighting="match_tone").lighting == "match_tone"
+    check_settings(TrainSettings(lighting="match_tone"))

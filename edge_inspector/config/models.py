@@ -133,7 +133,7 @@ def roi_positive(v):
 class PreprocessConfig(_Section):
     roi: Optional[tuple[RoiInt, RoiInt, RoiInt, RoiInt]] = Field(None, description="[x, y, w, h] in original-image pixels")
     # null = the lighting the model bundle was trained with; an explicit value must match it.
-    lighting: Optional[Literal["none", "clahe", "flat_field", "match_train", "match_hist"]] = None
+    lighting: Optional[Literal["none", "clahe", "flat_field", "match_train", "match_hist", "match_tone"]] = None
     flat_field_reference: Optional[Path] = None
     clahe_clip_limit: FiniteFloat = Field(2.0, gt=0, le=1000)
     clahe_tile_grid: Integer = Field(8, ge=1, le=64)

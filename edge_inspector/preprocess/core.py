@@ -13,7 +13,7 @@ import numpy as np
 from edge_inspector.errors import InputError
 from edge_inspector.preprocess.quality import sampled_luma
 
-Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist"]
+Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist", "match_tone"]
 
 # EfficientNet-Lite weights were trained on TF-style inputs: (x - 127) / 128. Measured 4-7 AUROC
 # points better than ImageNet mean/std on these weights.
@@ -141,13 +141,14 @@ class Preprocessor:
         self.train_stats = train_stats
         if lighting == "match_train" and not train_stats:
             raise InputError("lighting 'match_train' needs training-set statistics from the model bundle (model.json: preprocess.train_stats)")
-        # match_hist: the training images' luma percentiles (exposure_stats in preprocess/quality.py).
+        # match_hist / match_tone: the training images' luma percentiles (exposure_stats in
+        # preprocess/quality.py).
         self._train_percentiles = None
         self._reclip_from: Optional[float] = None
-        if lighting == "match_hist":
+        if lighting in ("match_hist", "match_tone"):
             percentiles = ((train_stats or {}).get("exposure") or {}).get("luma_percentiles")
             if not percentiles or len(percentiles) != 101:
-                raise InputError("lighting 'match_hist' needs the training images' luma percentiles from the model bundle "
+                raise InputError(f"lighting '{lighting}' needs the training images' luma percentiles from the model bundle "
                                  "(model.json: preprocess.train_stats.exposure.luma_percentiles; retrain with this version)")
             self._train_percentiles = np.asarray(percentiles, dtype=np.float64)
             # Recorded at training time: bundles from before the rule have no key and keep the
@@ -217,13 +218,19 @@ class Preprocessor:
         return cv2.max(levelled, clipped if channels == 1 else cv2.merge([clipped] * channels))
 
     def _match_hist(self, img: np.ndarray) -> np.ndarray:
-        """Level the first-order illumination slope (``_level``), then one tone curve (the same
-        LUT on every channel) that maps the frame's luma percentiles onto the training images':
-        undoes a smooth gradient and any global monotonic change of light (gain, gamma, offset)
-        up to clipping, keeps colour ratios, and leaves local structure alone. When the training
-        frames clipped a large area, the frame's same share (and a margin) maps to 255
-        (``quality.reclip_percentile``, recorded in the bundle as ``exposure.reclip_from``)."""
-        img = self._level(img)
+        """Level the first-order illumination slope (``_level``), then ``_match_tone``: undoes a
+        smooth gradient and any global monotonic change of light (gain, gamma, offset) up to
+        clipping, keeps colour ratios, and leaves local structure alone."""
+        return self._match_tone(self._level(img))
+
+    def _match_tone(self, img: np.ndarray) -> np.ndarray:
+        """One tone curve (the same LUT on every channel) that maps the frame's luma percentiles
+        onto the training images': undoes any global monotonic change of light (gain, gamma,
+        offset) up to clipping. Alone (lighting ``match_tone``) it leaves a frame's own
+        brightness slope in place: with the levelling plane kolektorsdd's clean AUROC was 0.899,
+        with the tone curve alone 0.947 (docs/benchmarks.md, "Light stress").
+        When the training frames clipped a large area, the frame's same share (and a margin) maps
+        to 255 (``quality.reclip_percentile``, recorded in the bundle as ``exposure.reclip_from``)."""
         luma = sampled_luma(img)  # the same subsample exposure_stats took of the training images
         levels = np.linspace(0.0, 100.0, 101)
         # Each grey level's percentile position in this frame (mid-rank of its histogram bin).
@@ -248,6 +255,8 @@ class Preprocessor:
             return self._match_train(bgr)
         if self.lighting == "match_hist":
             return self._match_hist(bgr)
+        if self.lighting == "match_tone":
+            return self._match_tone(bgr)
         raise InputError(f"unknown lighting normalisation '{self.lighting}'")
 
     # -- main entry -----------------------------------------------------------------------
