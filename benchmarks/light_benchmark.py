@@ -265,23 +265,22 @@ def train_bundle(name: str, data_dir: Path, out: Path, head: str, lighting: str,
 
 
 def combine(paths: list[str]) -> dict:
-    """Merge runs (e.g. one per dataset or bundle) into one document: datasets → bundle variant."""
+    """Merge runs (e.g. one per dataset or bundle), or earlier combinations, into one document:
+    datasets → bundle variant."""
     out: dict = {"benchmark": "light-stress (issue 9)", "paper_far": PAPER_FAR, "seed": SEED, "runs": [], "datasets": {}}
     for path in paths:
         run = read_json(path)
-        if "runs" in run and "command" not in run:  # already combined: merge its runs' datasets as they are
+        if "runs" in run and "command" not in run:  # already combined: its variants as they are
             out["runs"].extend(run["runs"])
-            for name, variants in run["datasets"].items():
-                for variant, ds in variants.items():
-                    target = out["datasets"].setdefault(name, {}).setdefault(variant, {k: v for k, v in ds.items() if k != "lighting"})
-                    target.setdefault("lighting", {}).update(ds["lighting"])
-            continue
-        if "command" not in run or "datasets" not in run:
+            entries = [(name, variant, ds) for name, variants in run["datasets"].items() for variant, ds in variants.items()]
+        elif "command" in run and "datasets" in run:
+            out["runs"].append({"command": run["command"], "limit": run["limit"], "threads": run["threads"],
+                                "quality_gate": run["quality_gate"]})
+            entries = [(name, f"{ds['model']['head']}, trained with lighting {ds['model']['lighting']}", ds)
+                       for name, ds in run["datasets"].items()]
+        else:
             raise InputError(f"{path}: not a light_benchmark.py run or combined result")
-        out["runs"].append({"command": run["command"], "limit": run["limit"], "threads": run["threads"],
-                            "quality_gate": run["quality_gate"]})
-        for name, ds in run["datasets"].items():
-            variant = f"{ds['model']['head']}, trained with lighting {ds['model']['lighting']}"
+        for name, variant, ds in entries:
             target = out["datasets"].setdefault(name, {}).setdefault(variant, {k: v for k, v in ds.items() if k != "lighting"})
             target.setdefault("lighting", {}).update(ds["lighting"])
     return out

@@ -146,14 +146,15 @@ class Preprocessor:
         self._train_percentiles = None
         self._reclip_from: Optional[float] = None
         if lighting in ("match_hist", "match_tone"):
-            percentiles = ((train_stats or {}).get("exposure") or {}).get("luma_percentiles")
+            exposure = (train_stats or {}).get("exposure") or {}
+            percentiles = exposure.get("luma_percentiles")
             if not percentiles or len(percentiles) != 101:
                 raise InputError(f"lighting '{lighting}' needs the training images' luma percentiles from the model bundle "
                                  "(model.json: preprocess.train_stats.exposure.luma_percentiles; retrain with this version)")
             self._train_percentiles = np.asarray(percentiles, dtype=np.float64)
             # Recorded at training time: bundles from before the rule have no key and keep the
             # plain tone curve they were trained with.
-            reclip = ((train_stats or {}).get("exposure") or {}).get("reclip_from")
+            reclip = exposure.get("reclip_from")
             self._reclip_from = float(reclip) if reclip is not None else None
 
     # -- geometry -------------------------------------------------------------------------
