@@ -182,7 +182,7 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
     from edge_inspector.training.settings import TrainSettings, set_determinism
 
     settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size,
-                             geometry=args.geometry, seed=args.seed,
+                             geometry=args.geometry, seed=args.seed, lighting=args.lighting or TrainSettings.lighting,
                              progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight,
                              knn_features=args.knn_features,
                              subspace_bank_size=(args.subspace_bank_size if args.subspace_bank_size is not None
@@ -294,6 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--geometry", default="keep_aspect", choices=["keep_aspect", "square"],
                    help="model input shape, as train --geometry")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lighting", default=None, choices=["none", "clahe", "match_train", "match_hist", "match_tone"],
+                   help="lighting the bundles are trained with and run (default: the train default)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bench-runs", type=int, default=100)
     p.add_argument("--workdir", default=None, help="keep the bundles here (default: a temp dir)")
@@ -333,11 +335,14 @@ def main(argv=None) -> int:
     setup_logging("WARNING")
     import torch
 
+    from edge_inspector.training.settings import TrainSettings
+
     torch.set_num_threads(args.threads)
     work_ctx = tempfile.TemporaryDirectory() if args.workdir is None else None
     work = Path(args.workdir) if args.workdir else Path(work_ctx.name)
     started = time.perf_counter()
-    report = {"image_size": args.image_size, "geometry": args.geometry, "seed": args.seed, "iterations": args.iterations, "threads": args.threads,
+    report = {"image_size": args.image_size, "geometry": args.geometry, "seed": args.seed,
+              "lighting": args.lighting or TrainSettings.lighting, "iterations": args.iterations, "threads": args.threads,
               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]), "datasets": {}}
     for name in args.datasets:
         data_dir = datasets_root().joinpath(*DATASETS[name])
