@@ -238,27 +238,27 @@ def test_match_hist_needs_the_bundles_percentiles():
 
 
 def test_levelling_removes_a_ramp_and_leaves_an_even_frame_alone():
-    from edge_inspector.preprocess.core import Preprocessor
+    from edge_inspector.preprocess.levelling import level
 
     rng = np.random.default_rng(1)
     even = cv2.GaussianBlur((rng.random((90, 120, 3)) * 100 + 80).astype(np.uint8), (7, 7), 0)
-    assert np.abs(Preprocessor._level(even).astype(np.float32) - even).mean() < 1.0
+    assert np.abs(level(even).astype(np.float32) - even).mean() < 1.0
     ramped = apply_gradient(even, 0.3, 30.0)
     assert np.abs(ramped.astype(np.float32) - even).mean() > 10
-    assert np.abs(Preprocessor._level(ramped).astype(np.float32) - even).mean() < 4.0
+    assert np.abs(level(ramped).astype(np.float32) - even).mean() < 4.0
 
 
 def test_levelling_keeps_clipped_pixels_clipped():
     """A white background clipped by the sensor has no known true value: levelling must not turn
     it grey (it did wherever the fitted plane leant, and the model alarmed on the grey)."""
-    from edge_inspector.preprocess.core import Preprocessor
+    from edge_inspector.preprocess.levelling import level
 
     rng = np.random.default_rng(2)
     part = cv2.GaussianBlur((rng.random((90, 120, 3)) * 60 + 40).astype(np.uint8), (7, 7), 0)
     frame = apply_gradient(part, 0.3, 0.0)
     frame[:, :15] = 255  # an overexposed background on both sides of a centred part
     frame[:, 105:] = 255
-    levelled = Preprocessor._level(frame)
+    levelled = level(frame)
     assert (levelled[:, :15] == 255).all() and (levelled[:, 105:] == 255).all()
     # the part between them is still levelled (the plane fit, bright background included, takes
     # out part of its slope; test_levelling_removes_a_ramp… covers a frame without clipping)
@@ -351,8 +351,8 @@ def test_match_hist_leaves_a_few_clipped_highlights_alone():
 
 
 def test_match_tone_undoes_global_light_but_keeps_the_parts_own_slope():
-    """match_tone is match_hist without the levelling plane: global gain/gamma/offset are undone
-    the same way, and a brightness slope that belongs to the part stays (match_hist removes it)."""
+    """match_tone is match_hist without levelling: global gain/gamma/offset are undone the same
+    way, and the part's brightness slope stays."""
     from edge_inspector.preprocess.core import Preprocessor
 
     rng = np.random.default_rng(6)
@@ -360,15 +360,59 @@ def test_match_tone_undoes_global_light_but_keeps_the_parts_own_slope():
     sloped = apply_gradient(texture, 0.3, 0.0)  # the part is brighter to the right, in every frame
     stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats([sloped])}
     tone = Preprocessor(64, lighting="match_tone", train_stats=stats)
-    hist = Preprocessor(64, lighting="match_hist", train_stats=stats)
     ref = tone.prepare_rgb(sloped)[0].astype(np.float32)
     for cond in (LightCondition("g", gain=1.3), LightCondition("y", gamma=0.6), LightCondition("o", offset=-30)):
         assert np.abs(tone.prepare_rgb(cond.apply(sloped))[0] - ref).mean() < 3.0
+    assert _slope(ref) > 0.6 * _slope(cv2.resize(sloped, (64, 64), interpolation=cv2.INTER_AREA))
 
-    def slope(img):
-        return img[:, 48:].astype(np.float32).mean() - img[:, :16].astype(np.float32).mean()
-    assert slope(ref) > 0.6 * slope(cv2.resize(sloped, (64, 64), interpolation=cv2.INTER_AREA))
-    assert slope(hist.prepare_rgb(sloped)[0]) < 0.5 * slope(ref)
+
+def _slope(img):
+    """Mean of the right quarter minus the left quarter of a 64-wide image."""
+    return img[:, 48:].astype(np.float32).mean() - img[:, :16].astype(np.float32).mean()
+
+
+def _sloped_training_set(rng, n=12):
+    """Frames of one textured part, lit from the right (slope about +0.3 in x), a little more or
+    less from frame to frame."""
+    texture = cv2.GaussianBlur((rng.random((120, 160, 3)) * 80 + 60).astype(np.uint8), (5, 5), 0)
+    return texture, [apply_gradient(texture, 0.3 + rng.uniform(-0.02, 0.02), 0.0) for _ in range(n)]
+
+
+def test_match_hist_keeps_the_training_frames_slope_and_levels_a_new_ramp():
+    """The band of training slopes (exposure.slope_band): a frame lit like the training frames
+    passes match_hist's levelling untouched (so match_hist = match_tone on it), a ramp the
+    training frames never showed is divided out down to the band's edge."""
+    from edge_inspector.preprocess.core import Preprocessor
+    from edge_inspector.preprocess.levelling import fit_slope, level
+
+    texture, train = _sloped_training_set(np.random.default_rng(7))
+    stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats(train)}
+    band = stats["exposure"]["slope_band"]
+    assert band["low"][0] < fit_slope(train[0])[1] < band["high"][0] and band["high"][0] - band["low"][0] < 0.2
+    assert level(train[0], band) is train[0]  # inside the band: the very same frame
+    hist = Preprocessor(64, lighting="match_hist", train_stats=stats)
+    tone = Preprocessor(64, lighting="match_tone", train_stats=stats)
+    ref = hist.prepare_rgb(train[0])[0].astype(np.float32)
+    assert np.array_equal(ref, tone.prepare_rgb(train[0])[0])
+    assert _slope(ref) > 30.0  # the part's own slope is kept
+    lamp_moved = apply_gradient(train[0], 0.3, 180.0)  # now also lit from the left
+    assert fit_slope(lamp_moved)[1] < band["low"][0]
+    assert abs(fit_slope(level(lamp_moved, band))[1] - band["low"][0]) < 0.03  # levelled to the band's edge
+    assert np.abs(hist.prepare_rgb(lamp_moved)[0] - ref).mean() < 0.5 * np.abs(tone.prepare_rgb(lamp_moved)[0] - ref).mean()
+    # a bundle trained before the band was recorded levels every frame flat, as it was trained
+    old = Preprocessor(64, lighting="match_hist",
+                       train_stats={**stats, "exposure": {k: v for k, v in stats["exposure"].items() if k != "slope_band"}})
+    assert _slope(old.prepare_rgb(train[0])[0]) < 0.5 * _slope(ref)
+
+
+def test_a_malformed_slope_band_is_a_one_line_error():
+    from edge_inspector.errors import InputError
+    from edge_inspector.preprocess.core import Preprocessor
+
+    stats = {"exposure": {**exposure_stats([np.full((20, 20, 3), 90, np.uint8)]), "slope_band": {"low": [0.1]}}}
+    with pytest.raises(InputError) as err:
+        Preprocessor(64, lighting="match_hist", train_stats=stats)
+    assert "slope_band" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_match_tone_is_a_training_and_station_lighting(tmp_path):

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from edge_inspector.errors import InputError
+from edge_inspector.preprocess.levelling import level
 from edge_inspector.preprocess.quality import sampled_luma
 
 Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist", "match_tone"]
@@ -19,9 +20,6 @@ Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist", "
 # points better than ImageNet mean/std on these weights.
 TF_MEAN = 127.0
 TF_STD = 128.0
-# The levelling step of match_hist leaves a pixel at or above this level in every channel at 255:
-# a clipped pixel has no known true value to level.
-CLIPPED_LEVEL = 254
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,17 @@ def normalise_tf(rgb_u8: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def _slope_band(band) -> Optional[dict]:
+    """The bundle's ``exposure.slope_band``, or None when absent; a malformed one is an InputError."""
+    if band is None:
+        return None
+    try:
+        return {k: [float(band[k][0]), float(band[k][1])] for k in ("low", "high")}
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise InputError("model.json: preprocess.train_stats.exposure.slope_band must hold low and high as two numbers each "
+                         f"(got {band!r:.80})") from None
+
+
 class Preprocessor:
     """Configured once per station (or per training run); ``prepare`` is called per frame."""
 
@@ -145,6 +154,7 @@ class Preprocessor:
         # preprocess/quality.py).
         self._train_percentiles = None
         self._reclip_from: Optional[float] = None
+        self._slope_band: Optional[dict] = None
         if lighting in ("match_hist", "match_tone"):
             exposure = (train_stats or {}).get("exposure") or {}
             percentiles = exposure.get("luma_percentiles")
@@ -156,6 +166,9 @@ class Preprocessor:
             # plain tone curve they were trained with.
             reclip = exposure.get("reclip_from")
             self._reclip_from = float(reclip) if reclip is not None else None
+            # The same holds for the band of training slopes: without it match_hist levels every
+            # frame flat, as those bundles were trained.
+            self._slope_band = _slope_band(exposure.get("slope_band"))
 
     # -- geometry -------------------------------------------------------------------------
     def _crop(self, img: np.ndarray) -> tuple[np.ndarray, Geometry]:
@@ -186,43 +199,12 @@ class Preprocessor:
         cur_std = f.std(axis=(0, 1), keepdims=True) + 1e-3
         return np.clip((f - cur_mean) / cur_std * std + mean, 0, 255).astype(np.uint8)
 
-    @staticmethod
-    def _level(img: np.ndarray) -> np.ndarray:
-        """Divide out the frame's first-order illumination field: a least-squares plane
-        a + b·x + c·y fitted to the luma, applied as the factor 1 + (b·x + c·y)/a. A lamp to one
-        side gives such a ramp; a part centred in the frame contributes almost no slope of its
-        own, so an evenly lit frame comes out nearly unchanged. Pixels clipped in every channel
-        (≥ ``CLIPPED_LEVEL``) stay at 255."""
-        h, w = img.shape[:2]
-        step = max(1, int(np.ceil(max(h, w) / 128)))
-        luma = cv2.cvtColor(np.ascontiguousarray(img[::step, ::step]), cv2.COLOR_BGR2GRAY).astype(np.float32)
-        sh, sw = luma.shape
-        ys, xs = np.mgrid[0:sh, 0:sw].astype(np.float32)
-        xs = (xs * step + 0.5) / w - 0.5
-        ys = (ys * step + 0.5) / h - 0.5
-        design = np.stack([np.ones(luma.size, np.float32), xs.ravel(), ys.ravel()], axis=1)
-        (a, b, c), *_ = np.linalg.lstsq(design, luma.ravel(), rcond=None)
-        if a < 1.0:  # a black frame has no illumination to level (the quality gate names it)
-            return img
-        x = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
-        y = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
-        inverse = 1.0 / np.clip(1.0 + (b * x[None, :] + c * y[:, None]) / a, 0.25, 4.0)
-        levelled = cv2.multiply(img, cv2.merge([inverse.astype(np.float32)] * 3), dtype=cv2.CV_8U)  # saturating
-        # A pixel the sensor clipped says only "at least this bright": dividing it by a factor > 1
-        # would invent a grey that was never seen. Bottle's white background, clipped in every
-        # training frame, came out grey wherever the fitted plane leant (clean frames too, more so
-        # in brightened ones), and the model called the grey an anomaly: on one bundle FAR 15 % in
-        # clean light and 40-90 % at gain x1.2-x1.6 without this rule, 0 % with it (docs/benchmarks.md,
-        # "Light stress": what clipping hid in training, darkening still reveals).
-        channels = 1 if img.ndim == 2 else img.shape[2]
-        clipped = cv2.inRange(img, (CLIPPED_LEVEL,) * channels, (255,) * channels)  # 255 where every channel clips
-        return cv2.max(levelled, clipped if channels == 1 else cv2.merge([clipped] * channels))
-
     def _match_hist(self, img: np.ndarray) -> np.ndarray:
-        """Level the first-order illumination slope (``_level``), then ``_match_tone``: undoes a
+        """Level the illumination slope beyond the training frames' band (``levelling.level``;
+        all of it for a bundle without ``exposure.slope_band``), then ``_match_tone``: undoes a
         smooth gradient and any global monotonic change of light (gain, gamma, offset) up to
         clipping, keeps colour ratios, and leaves local structure alone."""
-        return self._match_tone(self._level(img))
+        return self._match_tone(level(img, self._slope_band))
 
     def _match_tone(self, img: np.ndarray) -> np.ndarray:
         """One tone curve (the same LUT on every channel) that maps the frame's luma percentiles

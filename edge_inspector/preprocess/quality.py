@@ -35,6 +35,8 @@ from typing import Iterable, Optional, Sequence
 import cv2
 import numpy as np
 
+from edge_inspector.preprocess.levelling import fit_slope, slope_band
+
 SAMPLE_SIDE = 256
 # BT.601 luma weights in BGR order (what cv2.COLOR_BGR2GRAY uses).
 LUMA_BGR = (0.114, 0.587, 0.299)
@@ -112,10 +114,12 @@ def reclip_percentile(train_percentiles) -> Optional[float]:
 
 def exposure_stats(images: Iterable[np.ndarray]) -> dict:
     """Training-set exposure figures for model.json ``preprocess.exposure`` (images: uint8 BGR or grey)."""
-    figures, histogram = [], np.zeros(256, dtype=np.float64)
+    figures, slopes, histogram = [], [], np.zeros(256, dtype=np.float64)
     for img in images:
-        figure, luma = _measure_sample(_sample(img), SATURATED_LEVEL, BLACK_LEVEL)
+        sample = _sample(img)
+        figure, luma = _measure_sample(sample, SATURATED_LEVEL, BLACK_LEVEL)
         figures.append(figure)
+        slopes.append(fit_slope(sample)[1:])
         histogram += np.bincount(luma.ravel(), minlength=256)
     if not figures:
         raise ValueError("exposure_stats needs at least one image")
@@ -134,6 +138,8 @@ def exposure_stats(images: Iterable[np.ndarray]) -> dict:
         "black_fraction_max": round(max(f.black_fraction for f in figures), 5),
         "luma_percentiles": [int(v) for v in quantiles],
         "reclip_from": reclip_percentile(quantiles),
+        # the band of illumination slopes match_hist leaves alone (preprocess/levelling.py)
+        "slope_band": slope_band(slopes),
         "n_images": len(figures),
     }
 
