@@ -127,6 +127,38 @@ def cross_dataset_means(report: dict) -> dict:
     return {"datasets": [n for n, d in report["datasets"].items() if "heads" in d], "rows": means}
 
 
+def _weights_text(weights: dict | None) -> str:
+    if not weights:
+        return ""
+    return " + ".join(f"{v:.2g} {k}" for k, v in sorted(weights.items(), key=lambda kv: -kv[1]) if v)
+
+
+def _f(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    """The docs table of a result (one row per dataset × head or ablation row) and the means line."""
+    lines = ["| dataset | row (weights) | img / px AUROC | AUPRO-30 | FAR / recall @thr | ms/img | RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for name, ds in report["datasets"].items():
+        for row, r in (ds.get("heads") or {}).items():
+            label = row if row not in ("default", *ABLATIONS, *MIXES) or not r.get("fusion_weights") \
+                else f"{row} ({_weights_text(r['fusion_weights'])})"
+            if row == "default":
+                label = f"**{label}**"
+            rss = r.get("peak_rss_mb")
+            lines.append(f"| {name} | {label} | {_f(r.get('image_auroc'))} / {_f(r.get('pixel_auroc'))} | {_f(r.get('aupro_30'))} | "
+                         f"{_f(r.get('far_at_threshold'))} / {_f(r.get('recall_at_threshold'))} | {_f(r.get('ms_per_image'), 1)} | "
+                         f"{'–' if rss is None else round(rss)} |")
+    means = (report.get("means") or {}).get("rows") or {}
+    if means:
+        lines.append("")
+        lines.append("Mean over " + ", ".join((report.get("means") or {}).get("datasets") or []) + " (image / pixel AUROC): " +
+                     "; ".join(f"{row} {m['image_auroc']:.4f} / {m['pixel_auroc']:.4f}" for row, m in means.items()) + ".")
+    return "\n".join(lines)
+
+
 def reuse_autoencoder(model_dir: Path):
     """(Components with the trained MDAAE and its curve, feature mean, feature std) from a bundle."""
     from edge_inspector.training.export import load_checkpoint
@@ -318,9 +350,14 @@ def main(argv=None) -> int:
                         "rebuilds the kNN bank and re-assembles and re-evaluates all heads")
     p.add_argument("--summarise", default=None, metavar="RESULT.json",
                    help="only add the cross-dataset means (report['means']) to an earlier result")
+    p.add_argument("--markdown", default=None, metavar="RESULT.json",
+                   help="only print the docs table (docs/benchmarks.md) of an earlier result")
     p.add_argument("--remeasure", default=None, metavar="RESULT.json",
                    help="only re-run latency/RSS for the bundles listed in an earlier result (needs its --workdir)")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     if args.remeasure or args.summarise:
         if args.remeasure:
             report = remeasure(Path(args.remeasure), args.bench_runs, args.threads)
