@@ -82,6 +82,12 @@ def test_train_writes_a_complete_bundle(default_bundle):
     assert [lvl["stride"] for lvl in meta["fusion_levels"]] == [8, 16, 32]
     assert len(meta["training_set"]["fingerprint"]) == 64
     assert len(meta["preprocess"]["train_stats"]["mean"]) == 3
+    # a new model gets the default lighting, with the figures it needs at the station
+    assert meta["preprocess"]["lighting"] == "match_hist"
+    exposure = meta["preprocess"]["train_stats"]["exposure"]
+    assert len(exposure["luma_percentiles"]) == 101
+    band = exposure["slope_band"]
+    assert all(lo <= m <= hi for lo, m, hi in zip(band["low"], band["mean"], band["high"]))
     assert "threshold_f1" in meta
     assert meta["export"]["parity"]["passed"] is True
     curve = json.loads((default_bundle / "training_curve.json").read_text())["points"]

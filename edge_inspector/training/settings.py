@@ -37,7 +37,11 @@ class TrainSettings:
     calibration: str = "holdout"
     holdout: float = 0.15
     validation: Optional[str] = None
-    lighting: str = "none"
+    # match_hist: levels an illumination slope beyond the training frames' band, then maps the
+    # frame's tone onto theirs (preprocess/core.py). Chosen on the light-stress benchmark of all
+    # three dev sets (docs/benchmarks.md, "Light stress"); bundles record it and the station runs
+    # what the bundle records.
+    lighting: str = "match_hist"
     progress: bool = True
     export: bool = True
     augmented_copies: int = 2

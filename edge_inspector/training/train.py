@@ -60,7 +60,7 @@ def train_bundle(
     far_target: float = 0.01,
     holdout: float = 0.15,
     validation: Optional[str | Path] = None,
-    lighting: str = "none",
+    lighting: str = TrainSettings.lighting,
     progress: bool = True,
     **overrides,
 ) -> Path:
