@@ -244,7 +244,8 @@ def _tiny_train(monkeypatch):
     from edge_inspector.demo import runner
     from tests.helpers.tiny_bundle import make_tiny_bundle
 
-    monkeypatch.setattr(runner, "_train", lambda data_dir, model_dir, model_px=64: make_tiny_bundle(model_dir, image_size=64, threshold=0.5))
+    monkeypatch.setattr(runner, "_train", lambda data_dir, model_dir, model_px=64, lighting=None:
+                        make_tiny_bundle(model_dir, image_size=64, threshold=0.5))
 
 
 def test_demo_runner_with_tiny_model(tmp_path, monkeypatch, capsys):
@@ -290,6 +291,26 @@ def test_demo_reports_a_failing_daemon_in_one_line(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and "daemon exited with code 3" in err[0] and "camera exploded" in err[0]
+
+
+def test_demo_lighting_option_reaches_training(tmp_path, monkeypatch):
+    """edge-inspector demo --lighting X trains the demo model with X (the comparison
+    docs/benchmarks.md cites); without it, train's default."""
+    from edge_inspector.cli import build_parser
+    from edge_inspector.demo import runner
+
+    seen = []
+
+    def fake_train(data_dir, model_dir, model_px=64, lighting=None):
+        seen.append(lighting)
+        raise runner.DemoError("stop after training")
+
+    monkeypatch.setattr(runner, "_train", fake_train)
+    for argv, expected in ((["demo", "--lighting", "match_hist"], "match_hist"), (["demo"], None)):
+        args = build_parser().parse_args([*argv, "--workdir", str(tmp_path / "w"), "--camera", "folder"])
+        args.log_level = "WARNING"
+        assert runner.cli_demo(args) == 1
+        assert seen[-1] == expected
 
 
 def test_demo_rejects_bad_broker_choice(tmp_path, monkeypatch, capsys):

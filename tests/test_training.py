@@ -82,8 +82,8 @@ def test_train_writes_a_complete_bundle(default_bundle):
     assert [lvl["stride"] for lvl in meta["fusion_levels"]] == [8, 16, 32]
     assert len(meta["training_set"]["fingerprint"]) == 64
     assert len(meta["preprocess"]["train_stats"]["mean"]) == 3
-    # a new model gets the default lighting, with the figures it needs at the station
-    assert meta["preprocess"]["lighting"] == "match_hist"
+    # the default lighting is recorded, with the figures match_hist would need at the station
+    assert meta["preprocess"]["lighting"] == "none"
     exposure = meta["preprocess"]["train_stats"]["exposure"]
     assert len(exposure["luma_percentiles"]) == 101
     band = exposure["slope_band"]

@@ -134,7 +134,7 @@ def pylon_emulator_available(timeout: float = 30.0) -> tuple[bool, str]:
     return (n > 0, "" if n > 0 else "pypylon's emulator lists no camera")
 
 
-def _train(data_dir: Path, model_dir: Path, model_px: int = MODEL_PX) -> Path:
+def _train(data_dir: Path, model_dir: Path, model_px: int = MODEL_PX, lighting: Optional[str] = None) -> Path:
     try:
         from edge_inspector.training.train import train_bundle
     except ImportError as exc:
@@ -150,6 +150,8 @@ def _train(data_dir: Path, model_dir: Path, model_px: int = MODEL_PX) -> Path:
         far_target=FAR_TARGET,
         progress=False,
     )
+    if lighting is not None:
+        kwargs["lighting"] = lighting
     import contextlib
     import io
     import warnings
@@ -395,6 +397,7 @@ def run_demo(
     broker_kind: str = "auto",
     daemon_timeout_s: Optional[float] = None,
     model_px: int = MODEL_PX,
+    lighting: Optional[str] = None,
 ) -> dict:
     """Run every step; return the summary dict. Raises DemoError naming the failed step."""
     t0 = time.monotonic()
@@ -418,11 +421,12 @@ def run_demo(
     timings["generate"] = time.monotonic() - t
 
     # 2. training
-    _say(f"[2/5] training a small model on train/good only (head {DEMO_HEAD}, {model_px}px input, CPU) -> {model_dir}")
+    _say(f"[2/5] training a small model on train/good only (head {DEMO_HEAD}, {model_px}px input, "
+         f"lighting {lighting or 'the train default'}, CPU) -> {model_dir}")
     t = time.monotonic()
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    model_dir = _train(data_dir, model_dir, model_px)
+    model_dir = _train(data_dir, model_dir, model_px, lighting)
     timings["train"] = time.monotonic() - t
     _say(f"      trained in {timings['train']:.0f} s")
 
@@ -627,7 +631,8 @@ def cli_demo(args: argparse.Namespace) -> int:
         setup_logging("WARNING")
     workdir = Path(workdir_arg).resolve() if kept else Path(tempfile.mkdtemp(prefix="edge-inspector-demo-"))
     try:
-        summary = run_demo(workdir, parts=parts, camera=camera, broker_kind=_broker_choice())
+        summary = run_demo(workdir, parts=parts, camera=camera, broker_kind=_broker_choice(),
+                           lighting=getattr(args, "lighting", None))
     except InspectorError as exc:
         # keep the files of a failed run: the message may point at daemon.log
         where = "" if kept else f" (files kept in {workdir})"
