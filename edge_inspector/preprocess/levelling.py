@@ -6,8 +6,9 @@ slope is (b/a, c/a), which a change of gain leaves alone.
 
 A part has a slope of its own, though: tire's lamp lights its left side (slope +0.15 in x on
 every training frame), and kolektorsdd's frames lean either way (standard deviation 0.07).
-Levelling every frame flat removed that and cost kolektorsdd 0.048 of clean image AUROC (match_hist
-before ``exposure.slope_band``; docs/benchmarks.md, "Light stress"). So the training side records
+Levelling every frame flat removes that; kolektorsdd's clean image AUROC was 0.899 with it against
+0.947 with the tone curve alone (docs/benchmarks.md, "Light stress"; two trainings of the same
+set differ by up to 0.03, so part of that gap is the training's). So the training side records
 the band of slopes its frames showed (mean ± ``SLOPE_BAND_SDS`` standard deviations,
 ``slope_band``), and ``level`` divides out only the part of a frame's slope beyond that band: a
 frame lit like the training frames is left exactly as it is.
