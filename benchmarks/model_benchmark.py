@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.report import emit  # noqa: E402
+from edge_inspector.lightings import TRAIN_LIGHTINGS  # noqa: E402
 
 DATASETS = {
     "bottle": ("mvtec_ad", "bottle"),
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
     p.add_argument("--geometry", default="keep_aspect", choices=["keep_aspect", "square"],
                    help="model input shape, as train --geometry")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lighting", default=None, choices=["none", "clahe", "match_train", "match_hist", "match_tone"],
+    p.add_argument("--lighting", default=None, choices=TRAIN_LIGHTINGS,
                    help="lighting the bundles are trained with and run (default: the train default)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bench-runs", type=int, default=100)

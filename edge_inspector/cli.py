@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from edge_inspector import __version__
 from edge_inspector.errors import InspectorError
+from edge_inspector.lightings import TRAIN_LIGHTINGS
 
 # subcommand -> "module:function"; the function takes the argparse Namespace and returns an exit code.
 _HANDLERS: dict[str, str] = {
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threshold rule: the hold-out alone (default), or a tail fit to the hold-out plus "
                         "leave-one-out training scores where the map allows it; both are recorded (docs/model.md)")
     t.add_argument("--validation", default=None, help="optional labelled folder (MVTec layout) for the F1-optimal threshold")
-    t.add_argument("--lighting", choices=["none", "clahe", "match_train", "match_hist", "match_tone"], default="none",
+    t.add_argument("--lighting", choices=TRAIN_LIGHTINGS, default="none",
                    help="lighting normalisation the bundle is trained with and the station runs (default: none; "
                         "match_hist for a station whose light drifts, docs/benchmarks.md \"Light stress\")")
     t.add_argument("--extra-good", default=None, metavar="DIR",
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default=None, help="keep demo files here (default: a temp dir)")
     d.add_argument("--parts", type=int, default=40)
     d.add_argument("--camera", choices=["pylon", "folder"], default="pylon")
-    d.add_argument("--lighting", choices=["none", "clahe", "match_train", "match_hist", "match_tone"], default=None,
+    d.add_argument("--lighting", choices=TRAIN_LIGHTINGS, default=None,
                    help="train the demo model with this lighting normalisation (default: train's default)")
     return p
 

@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from edge_inspector.config.numbers import THRESHOLD_RANGE, FiniteFloat, Integer, not_a_boolean
+from edge_inspector.lightings import LIGHTINGS
 
 # A ROI coordinate or size in original-image pixels (the largest sensors are ~16k pixels wide).
 RoiInt = Annotated[Integer, Field(ge=0, le=65535)]
@@ -133,7 +134,7 @@ def roi_positive(v):
 class PreprocessConfig(_Section):
     roi: Optional[tuple[RoiInt, RoiInt, RoiInt, RoiInt]] = Field(None, description="[x, y, w, h] in original-image pixels")
     # null = the lighting the model bundle was trained with; an explicit value must match it.
-    lighting: Optional[Literal["none", "clahe", "flat_field", "match_train", "match_hist", "match_tone"]] = None
+    lighting: Optional[Literal[LIGHTINGS]] = None
     flat_field_reference: Optional[Path] = None
     clahe_clip_limit: FiniteFloat = Field(2.0, gt=0, le=1000)
     clahe_tile_grid: Integer = Field(8, ge=1, le=64)

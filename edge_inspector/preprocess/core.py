@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 
 from edge_inspector.errors import InputError
+from edge_inspector.lightings import LIGHTINGS
 from edge_inspector.preprocess.levelling import level
 from edge_inspector.preprocess.quality import sampled_luma
 
-Lighting = Literal["none", "clahe", "flat_field", "match_train", "match_hist", "match_tone"]
+Lighting = Literal[LIGHTINGS]
 
 # EfficientNet-Lite weights were trained on TF-style inputs: (x - 127) / 128. Measured 4-7 AUROC
 # points better than ImageNet mean/std on these weights.

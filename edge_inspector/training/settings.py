@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from edge_inspector.errors import InputError
+from edge_inspector.lightings import TRAIN_LIGHTINGS
 from edge_inspector.training.sagan import GanSchedule
 from edge_inspector.training.fusion import check_fusion_weights
 from edge_inspector.training.scoring import HEADS, KNN_FEATURES
@@ -97,8 +98,8 @@ def check_settings(settings: TrainSettings) -> None:
         raise InputError(f"--geometry {settings.geometry}: use {' or '.join(GEOMETRIES)}")
     if not 0.0 < settings.far_target < 1.0:
         raise InputError(f"--far-target {settings.far_target} must be between 0 and 1 (exclusive)")
-    if settings.lighting not in ("none", "clahe", "match_train", "match_hist", "match_tone"):
-        raise InputError(f"--lighting {settings.lighting}: use none, clahe, match_train, match_hist or match_tone")
+    if settings.lighting not in TRAIN_LIGHTINGS:
+        raise InputError(f"--lighting {settings.lighting}: use {', '.join(TRAIN_LIGHTINGS[:-1])} or {TRAIN_LIGHTINGS[-1]}")
     if settings.knn_features not in KNN_FEATURES:
         raise InputError(f"knn_features {settings.knn_features!r}: use {' or '.join(KNN_FEATURES)}")
     if settings.fusion_ae_weight is not None and not 0.0 <= settings.fusion_ae_weight <= 1.0:
