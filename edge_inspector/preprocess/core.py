@@ -211,8 +211,7 @@ class Preprocessor:
         """One tone curve (the same LUT on every channel) that maps the frame's luma percentiles
         onto the training images': undoes any global monotonic change of light (gain, gamma,
         offset) up to clipping. Alone (lighting ``match_tone``) it leaves a frame's own
-        brightness slope in place: with the levelling plane kolektorsdd's clean AUROC was 0.899,
-        with the tone curve alone 0.947 (docs/benchmarks.md, "Light stress").
+        brightness slope in place (why that matters: preprocess/levelling.py).
         When the training frames clipped a large area, the frame's same share (and a margin) maps
         to 255 (``quality.reclip_percentile``, recorded in the bundle as ``exposure.reclip_from``)."""
         luma = sampled_luma(img)  # the same subsample exposure_stats took of the training images

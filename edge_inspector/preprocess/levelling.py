@@ -4,8 +4,9 @@ A lamp to one side, or sun through a skylight, lays a smooth ramp over the frame
 part is a plane a + b·x + c·y fitted to the luma (x, y from −0.5 to 0.5 across the frame); the
 slope is (b/a, c/a), which a change of gain leaves alone.
 
-A part has a slope of its own, though: tire's lamp lights its left side (slope +0.15 in x on
-every training frame), and kolektorsdd's frames lean either way (standard deviation 0.07).
+A part has a slope of its own, though: tire's lamp lights its left side (mean slope +0.14 in x),
+and kolektorsdd's frames lean either way (standard deviation 0.07; both recorded as
+``model.exposure.slope_band`` in benchmarks/results/light_default.json).
 Levelling every frame flat removes that; kolektorsdd's clean image AUROC was 0.899 with it against
 0.947 with the tone curve alone (docs/benchmarks.md, "Light stress"; two trainings of the same
 set differ by up to 0.03, so part of that gap is the training's). So the training side records
@@ -30,7 +31,7 @@ SLOPE_BAND_SDS = 3.0
 # The plane is fitted on a subsample of at most this many pixels a side.
 FIT_SIDE = 128
 # Clipped pixels do not scale with the light, so one division leaves part of a steep ramp in
-# place (bottle, clipped white background: slope 0.69 → 0.12 after one pass, 0.03 after three).
+# place (bottle's clipped white background); each further pass takes out most of what is left.
 BAND_PASSES = 3
 
 
