@@ -231,8 +231,18 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         # Autoencoders from an earlier run of this benchmark (same split and seed): only the kNN
         # bank is rebuilt and all four heads are re-assembled, calibrated and evaluated.
         previous = json.loads((Path(args.reuse) / "result.json").read_text())["datasets"][name]
-        parts["ae"], mean, std = reuse_autoencoder(Path(args.reuse) / name / "ae")
-        gan_parts, _, _ = reuse_autoencoder(Path(args.reuse) / name / "aegan")
+        earlier = Path(args.reuse) / name
+        # A run of the default head alone (--heads default) wrote no ae/aegan bundles: its default
+        # bundle holds the AE-GAN's MDAAE, and the AE-only one is then only needed if asked for.
+        if "ae" in args.heads or (earlier / "ae").is_dir():
+            if not (earlier / "ae").is_dir():
+                raise SystemExit(f"--reuse {args.reuse}: {earlier / 'ae'} missing (that run had no ae head); drop ae from --heads")
+            parts["ae"], mean, std = reuse_autoencoder(earlier / "ae")
+        else:
+            parts["ae"] = None
+        gan_parts, gan_mean, gan_std = reuse_autoencoder(earlier / ("aegan" if (earlier / "aegan").is_dir() else "default"))
+        if parts["ae"] is None:
+            mean, std = gan_mean, gan_std
         gan_parts.critic = reuse_critic(Path(args.reuse) / name / "default")
         data = restandardise(data, mean, std)
         t0 = time.perf_counter()

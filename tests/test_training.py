@@ -689,7 +689,7 @@ class _StubTerms:
 
 @pytest.mark.parametrize("informative, expected", [("knn", {"knn": 0.8, "ae": 0.1, "gan": 0.1}),
                                                    ("sub", {"sub": 0.8, "ae": 0.1, "gan": 0.1}),
-                                                   ("gan", {"ae": 0.5, "gan": 0.5})])
+                                                   ("ae", {"ae": 0.8, "gan": 0.2})])
 def test_fusion_selection_picks_the_informative_term(synthetic, informative, expected):
     from edge_inspector.training.fusion import CANDIDATES, full_weights, select_fusion_weights
 
@@ -710,7 +710,7 @@ def test_fusion_selection_takes_the_ae_gan_prior_when_no_term_sees_the_synthetic
     good = torch.from_numpy(prepared(sorted((synthetic / "train" / "good").glob("*.png"))))
     weights, selection = select_fusion_weights(_StubTerms("nothing", good), good, seed=0)  # every term is noise
     assert not selection["informative"] and selection["best_synthetic_pixel_auroc"] < 0.6
-    assert weights == full_weights(PRIOR) == full_weights({"ae": 0.5, "gan": 0.5})
+    assert weights == full_weights(PRIOR) == full_weights({"ae": 0.8, "gan": 0.2})
     # a model without the GAN critic (a checkpoint from before it) takes the prior's AE term
     weights, _ = select_fusion_weights(_StubTerms("nothing", good, terms=("ae", "knn", "sub", "res")), good, seed=0)
     assert weights == full_weights({"ae": 1.0})
