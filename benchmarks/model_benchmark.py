@@ -173,6 +173,23 @@ def reuse_autoencoder(model_dir: Path):
     return parts, model.feature_mean.clone(), model.feature_std.clone()
 
 
+def reused_bundles(earlier: Path, heads) -> tuple[Path | None, Path]:
+    """(AE-only bundle or None, bundle holding the AE-GAN's MDAAE) of one dataset of an earlier run.
+
+    A run of the default head alone (--heads default) wrote no ae/aegan bundles: its default bundle
+    holds the AE-GAN's MDAAE, and the AE-only bundle is then needed only if the ae head is asked
+    for (SystemExit naming the missing folder)."""
+    ae_dir = earlier / "ae"
+    if not ae_dir.is_dir():
+        if "ae" in heads:
+            raise SystemExit(f"--reuse: {ae_dir} missing (that run had no ae head); drop ae from --heads")
+        ae_dir = None
+    gan_dir = earlier / "aegan" if (earlier / "aegan").is_dir() else earlier / "default"
+    if not gan_dir.is_dir():
+        raise SystemExit(f"--reuse: neither {earlier / 'aegan'} nor {earlier / 'default'} exists")
+    return ae_dir, gan_dir
+
+
 def reuse_critic(model_dir: Path):
     """The GAN critic of an earlier run's default bundle (None if that bundle has none)."""
     from edge_inspector.training.export import load_checkpoint
@@ -231,16 +248,11 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         # Autoencoders from an earlier run of this benchmark (same split and seed): only the kNN
         # bank is rebuilt and all four heads are re-assembled, calibrated and evaluated.
         previous = json.loads((Path(args.reuse) / "result.json").read_text())["datasets"][name]
-        earlier = Path(args.reuse) / name
-        # A run of the default head alone (--heads default) wrote no ae/aegan bundles: its default
-        # bundle holds the AE-GAN's MDAAE, and the AE-only one is then only needed if asked for.
-        if "ae" in args.heads or (earlier / "ae").is_dir():
-            if not (earlier / "ae").is_dir():
-                raise SystemExit(f"--reuse {args.reuse}: {earlier / 'ae'} missing (that run had no ae head); drop ae from --heads")
-            parts["ae"], mean, std = reuse_autoencoder(earlier / "ae")
-        else:
-            parts["ae"] = None
-        gan_parts, gan_mean, gan_std = reuse_autoencoder(earlier / ("aegan" if (earlier / "aegan").is_dir() else "default"))
+        ae_dir, gan_dir = reused_bundles(Path(args.reuse) / name, args.heads)
+        parts["ae"] = None
+        if ae_dir is not None:
+            parts["ae"], mean, std = reuse_autoencoder(ae_dir)
+        gan_parts, gan_mean, gan_std = reuse_autoencoder(gan_dir)
         if parts["ae"] is None:
             mean, std = gan_mean, gan_std
         gan_parts.critic = reuse_critic(Path(args.reuse) / name / "default")
