@@ -249,12 +249,9 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
         # bank is rebuilt and all four heads are re-assembled, calibrated and evaluated.
         previous = json.loads((Path(args.reuse) / "result.json").read_text())["datasets"][name]
         ae_dir, gan_dir = reused_bundles(Path(args.reuse) / name, args.heads)
-        parts["ae"] = None
-        if ae_dir is not None:
-            parts["ae"], mean, std = reuse_autoencoder(ae_dir)
-        gan_parts, gan_mean, gan_std = reuse_autoencoder(gan_dir)
-        if parts["ae"] is None:
-            mean, std = gan_mean, gan_std
+        # both bundles of a run share its split, so either one's feature mean/std will do
+        gan_parts, mean, std = reuse_autoencoder(gan_dir)
+        parts["ae"] = reuse_autoencoder(ae_dir)[0] if ae_dir is not None else None
         gan_parts.critic = reuse_critic(Path(args.reuse) / name / "default")
         data = restandardise(data, mean, std)
         t0 = time.perf_counter()
