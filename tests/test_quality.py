@@ -421,3 +421,61 @@ def test_match_tone_is_a_training_and_station_lighting(tmp_path):
 
     assert PreprocessConfig(lighting="match_tone").lighting == "match_tone"
     check_settings(TrainSettings(lighting="match_tone"))
+
+
+def _belt_frames(rng, n=8):
+    """Frames of a flat grey belt with sensor noise (σ 1.5 grey levels) and a brighter part whose
+    place moves, the light a little stronger or weaker from frame to frame: each frame's
+    histogram has two narrow bands, the pooled training histogram two wider ones."""
+    frames = []
+    for _ in range(n):
+        img = np.full((96, 128), 90.0 + rng.uniform(-8, 8)) + rng.normal(0, 1.5, (96, 128))
+        y, x = rng.integers(20, 50), rng.integers(20, 80)
+        img[y : y + 30, x : x + 40] = 160.0 + rng.normal(0, 1.5, (30, 40))
+        frames.append(np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=2))
+    return frames
+
+
+def test_the_fitted_tone_curve_does_not_amplify_sensor_noise():
+    """Why new bundles fit a gain-gamma-offset curve (preprocess/tone.py): full histogram matching
+    maps a dense band of grey levels onto the training percentiles' spread, so one grey level of
+    noise on the belt becomes several; the fitted curve keeps a good frame's noise as it is."""
+    from edge_inspector.preprocess.core import Preprocessor
+
+    frames = _belt_frames(np.random.default_rng(8))
+    stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats(frames)}
+    assert stats["exposure"]["tone_curve"] == "gain_gamma_offset"
+    fitted = Preprocessor((96, 128), lighting="match_tone", train_stats=stats)
+    histogram = Preprocessor((96, 128), lighting="match_tone",
+                             train_stats={**stats, "exposure": {k: v for k, v in stats["exposure"].items() if k != "tone_curve"}})
+    belt = np.zeros((96, 128), bool)
+    belt[:15] = True  # rows no part reaches
+
+    def belt_noise(img):
+        return img[:, :, 0][belt].astype(np.float32).std()
+
+    frame = frames[3]
+    assert belt_noise(fitted.normalise_lighting(frame)) < 1.3 * belt_noise(frame)
+    assert belt_noise(histogram.normalise_lighting(frame)) > 2.0 * belt_noise(frame)  # what old bundles do
+
+
+def test_the_fitted_tone_curve_inverts_gain_gamma_and_offset():
+    from edge_inspector.preprocess.tone import fit_gain_gamma_offset
+
+    y = np.linspace(20.0, 200.0, 60)  # training levels
+    for gain, gamma, offset in ((1.4, 1.0, 0.0), (1.0, 0.6, 0.0), (1.0, 1.0, -25.0), (0.7, 1.5, 10.0)):
+        x = 255.0 * (np.clip(gain * y + offset, 0, 255) / 255.0) ** gamma  # LightCondition's order
+        s, g, o = fit_gain_gamma_offset(x, y, 5, 250)
+        unclipped = (x > 5) & (x < 250)
+        assert np.abs(o + s * 255.0 * (x / 255.0) ** g - y)[unclipped].max() < 1.5, (gain, gamma, offset)
+    assert fit_gain_gamma_offset(np.full(60, 255.0), y, 5, 250) is None  # all clipped: nothing to fit
+
+
+def test_an_unknown_tone_curve_is_a_one_line_error():
+    from edge_inspector.errors import InputError
+    from edge_inspector.preprocess.core import Preprocessor
+
+    stats = {"exposure": {**exposure_stats([np.full((20, 20, 3), 90, np.uint8)]), "tone_curve": "spline"}}
+    with pytest.raises(InputError) as err:
+        Preprocessor(64, lighting="match_tone", train_stats=stats)
+    assert "tone_curve" in str(err.value) and "\n" not in str(err.value)

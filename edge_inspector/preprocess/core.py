@@ -13,7 +13,8 @@ import numpy as np
 from edge_inspector.errors import InputError
 from edge_inspector.lightings import LIGHTINGS
 from edge_inspector.preprocess.levelling import level
-from edge_inspector.preprocess.quality import sampled_luma
+from edge_inspector.preprocess.quality import BLACK_LEVEL, SATURATED_LEVEL, sampled_luma
+from edge_inspector.preprocess.tone import TONE_CURVES, gain_gamma_offset_lut, histogram_lut, rank_positions
 
 Lighting = Literal[LIGHTINGS]
 
@@ -156,6 +157,7 @@ class Preprocessor:
         self._train_percentiles = None
         self._reclip_from: Optional[float] = None
         self._slope_band: Optional[dict] = None
+        self._tone_curve = "histogram"
         if lighting in ("match_hist", "match_tone"):
             exposure = (train_stats or {}).get("exposure") or {}
             percentiles = exposure.get("luma_percentiles")
@@ -170,6 +172,11 @@ class Preprocessor:
             # The same holds for the band of training slopes: without it match_hist levels every
             # frame flat, as those bundles were trained.
             self._slope_band = _slope_band(exposure.get("slope_band"))
+            # And for the curve: bundles from before the key matched the whole histogram.
+            self._tone_curve = exposure.get("tone_curve", "histogram")
+            if self._tone_curve not in TONE_CURVES:
+                raise InputError(f"model.json: preprocess.train_stats.exposure.tone_curve must be one of {', '.join(TONE_CURVES)} "
+                                 f"(got {self._tone_curve!r:.40})")
 
     # -- geometry -------------------------------------------------------------------------
     def _crop(self, img: np.ndarray) -> tuple[np.ndarray, Geometry]:
@@ -208,21 +215,20 @@ class Preprocessor:
         return self._match_tone(level(img, self._slope_band))
 
     def _match_tone(self, img: np.ndarray) -> np.ndarray:
-        """One tone curve (the same LUT on every channel) that maps the frame's luma percentiles
-        onto the training images': undoes any global monotonic change of light (gain, gamma,
-        offset) up to clipping. Alone (lighting ``match_tone``) it leaves a frame's own
-        brightness slope in place (why that matters: preprocess/levelling.py).
+        """One tone curve (the same LUT on every channel) that maps the frame's luma onto the
+        training images': undoes a global change of light (gain, gamma, offset) up to clipping
+        (preprocess/tone.py: the fitted gain-gamma-offset curve, or full histogram matching for
+        bundles that recorded no ``exposure.tone_curve``). Alone (lighting ``match_tone``) it
+        leaves a frame's own brightness slope in place (why that matters: preprocess/levelling.py).
         When the training frames clipped a large area, the frame's same share (and a margin) maps
         to 255 (``quality.reclip_percentile``, recorded in the bundle as ``exposure.reclip_from``)."""
         luma = sampled_luma(img)  # the same subsample exposure_stats took of the training images
-        levels = np.linspace(0.0, 100.0, 101)
-        # Each grey level's percentile position in this frame (mid-rank of its histogram bin).
-        counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
-        cdf = np.cumsum(counts)
-        position = 100.0 * (cdf - 0.5 * counts) / cdf[-1]
-        lut = np.interp(position, levels, self._train_percentiles)
+        if self._tone_curve == "histogram":
+            lut = histogram_lut(luma, self._train_percentiles)
+        else:
+            lut = gain_gamma_offset_lut(luma, self._train_percentiles, BLACK_LEVEL, SATURATED_LEVEL)
         if self._reclip_from is not None:
-            lut[position >= self._reclip_from] = 255.0
+            lut[rank_positions(luma) >= self._reclip_from] = 255.0
         return cv2.LUT(img, np.clip(np.rint(lut), 0, 255).astype(np.uint8))
 
     def normalise_lighting(self, bgr: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from edge_inspector.preprocess.levelling import fit_slope, slope_band
+from edge_inspector.preprocess.tone import DEFAULT_TONE_CURVE
 
 SAMPLE_SIDE = 256
 # BT.601 luma weights in BGR order (what cv2.COLOR_BGR2GRAY uses).
@@ -140,6 +141,8 @@ def exposure_stats(images: Iterable[np.ndarray]) -> dict:
         "reclip_from": reclip_percentile(quantiles),
         # the band of illumination slopes match_hist leaves alone (preprocess/levelling.py)
         "slope_band": slope_band(slopes),
+        # which tone curve match_tone / match_hist fit to these percentiles (preprocess/tone.py)
+        "tone_curve": DEFAULT_TONE_CURVE,
         "n_images": len(figures),
     }
 
