@@ -53,6 +53,7 @@ from edge_inspector.errors import InputError  # noqa: E402
 from edge_inspector.imageio import read_image  # noqa: E402
 from edge_inspector.inference.bundle import load_bundle  # noqa: E402
 from edge_inspector.inference.onnx_engine import OnnxEngine  # noqa: E402
+from edge_inspector.lightings import DEFAULT_TRAIN_LIGHTING  # noqa: E402
 from edge_inspector.preprocess.core import Preprocessor, to_bgr_uint8  # noqa: E402
 from edge_inspector.preprocess.photometric import LightCondition  # noqa: E402
 from edge_inspector.preprocess.quality import QualityGate  # noqa: E402
@@ -368,7 +369,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--train", action="store_true", help="train missing bundles with edge-inspector train into --workdir")
     p.add_argument("--workdir", default="/tmp/ei_light", help="where --train writes bundles (reused when present)")
     p.add_argument("--head", default="default", help="--train: head to train")
-    p.add_argument("--train-lighting", default="none", help="--train: lighting the bundles are trained with")
+    p.add_argument("--train-lighting", default=DEFAULT_TRAIN_LIGHTING,
+                   help="--train: lighting the bundles are trained with (default: the train default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lighting", default="bundle", help="comma list of candidates: bundle, none, clahe, match_train, ...")
     p.add_argument("--limit", type=int, default=None, help="at most N good and N defective test images per dataset")

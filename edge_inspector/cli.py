@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from edge_inspector import __version__
 from edge_inspector.errors import InspectorError
-from edge_inspector.lightings import TRAIN_LIGHTINGS
+from edge_inspector.lightings import DEFAULT_TRAIN_LIGHTING, TRAIN_LIGHTINGS
 
 # subcommand -> "module:function"; the function takes the argparse Namespace and returns an exit code.
 _HANDLERS: dict[str, str] = {
@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threshold rule: the hold-out alone (default), or a tail fit to the hold-out plus "
                         "leave-one-out training scores where the map allows it; both are recorded (docs/model.md)")
     t.add_argument("--validation", default=None, help="optional labelled folder (MVTec layout) for the F1-optimal threshold")
-    t.add_argument("--lighting", choices=TRAIN_LIGHTINGS, default="none",
-                   help="lighting normalisation the bundle is trained with and the station runs (default: none; "
-                        "match_hist for a station whose light drifts, docs/benchmarks.md \"Light stress\")")
+    t.add_argument("--lighting", choices=TRAIN_LIGHTINGS, default=DEFAULT_TRAIN_LIGHTING,
+                   help=f"lighting normalisation the bundle is trained with and the station runs (default: "
+                        f"{DEFAULT_TRAIN_LIGHTING}; none trains without one; docs/benchmarks.md \"Light stress\")")
     t.add_argument("--extra-good", default=None, metavar="DIR",
                    help="more good images to train on (never held out): a folder of images, or a feedback folder "
                         "written by the operator page (its test/good)")

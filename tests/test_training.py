@@ -82,10 +82,10 @@ def test_train_writes_a_complete_bundle(default_bundle):
     assert [lvl["stride"] for lvl in meta["fusion_levels"]] == [8, 16, 32]
     assert len(meta["training_set"]["fingerprint"]) == 64
     assert len(meta["preprocess"]["train_stats"]["mean"]) == 3
-    # the default lighting is recorded, with the figures match_hist would need at the station
-    assert meta["preprocess"]["lighting"] == "none"
+    # the default lighting is recorded, with the figures match_hist needs at the station
+    assert meta["preprocess"]["lighting"] == "match_hist"
     exposure = meta["preprocess"]["train_stats"]["exposure"]
-    assert len(exposure["luma_percentiles"]) == 101
+    assert len(exposure["luma_percentiles"]) == 101 and exposure["tone_curve"] == "gain_gamma_offset"
     band = exposure["slope_band"]
     assert all(lo <= m <= hi for lo, m, hi in zip(band["low"], band["mean"], band["high"]))
     assert "threshold_f1" in meta
