@@ -29,7 +29,8 @@ TONE_CURVES = ("histogram", "gain_gamma_offset")
 DEFAULT_TONE_CURVE = "gain_gamma_offset"
 # Percentiles the fit uses: the tails are where clipping and single hot pixels sit.
 FIT_PERCENTILES = np.arange(2, 99)
-# Exponents searched (the family's gamma); 1/0.5 … 1/1.8 of the benchmark's grid lies well inside.
+# Exponents searched (the family's gamma): the inverses of the light benchmark's gammas (0.5 … 1.6)
+# lie well inside.
 GAMMAS = np.geomspace(1.0 / 3.0, 3.0, 89)
 # Fewer unclipped percentile pairs than this: the frame says too little about its light (mostly
 # clipped or black; the quality gate judges such a frame), and the curve stays the identity.
