@@ -223,12 +223,14 @@ class Preprocessor:
         When the training frames clipped a large area, the frame's same share (and a margin) maps
         to 255 (``quality.reclip_percentile``, recorded in the bundle as ``exposure.reclip_from``)."""
         luma = sampled_luma(img)  # the same subsample exposure_stats took of the training images
+        # the frame's rank positions serve the histogram curve and the re-clipping: one histogram
+        positions = rank_positions(luma) if self._tone_curve == "histogram" or self._reclip_from is not None else None
         if self._tone_curve == "histogram":
-            lut = histogram_lut(luma, self._train_percentiles)
+            lut = histogram_lut(positions, self._train_percentiles)
         else:
             lut = gain_gamma_offset_lut(luma, self._train_percentiles, BLACK_LEVEL, SATURATED_LEVEL)
         if self._reclip_from is not None:
-            lut[rank_positions(luma) >= self._reclip_from] = 255.0
+            lut[positions >= self._reclip_from] = 255.0
         return cv2.LUT(img, np.clip(np.rint(lut), 0, 255).astype(np.uint8))
 
     def normalise_lighting(self, bgr: np.ndarray) -> np.ndarray:

@@ -44,9 +44,10 @@ def rank_positions(luma: np.ndarray) -> np.ndarray:
     return 100.0 * (cdf - 0.5 * counts) / cdf[-1]
 
 
-def histogram_lut(luma: np.ndarray, train_percentiles: np.ndarray) -> np.ndarray:
-    """Full histogram matching (bundles without ``tone_curve``): grey level → float level."""
-    return np.interp(rank_positions(luma), np.linspace(0.0, 100.0, 101), train_percentiles)
+def histogram_lut(positions: np.ndarray, train_percentiles: np.ndarray) -> np.ndarray:
+    """Full histogram matching (bundles without ``tone_curve``): grey level → float level, from the
+    frame's ``rank_positions``."""
+    return np.interp(positions, np.linspace(0.0, 100.0, 101), train_percentiles)
 
 
 def fit_gain_gamma_offset(frame_levels: np.ndarray, train_levels: np.ndarray, low: float, high: float
