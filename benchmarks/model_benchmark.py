@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.report import emit  # noqa: E402
-from edge_inspector.lightings import TRAIN_LIGHTINGS  # noqa: E402
+from edge_inspector.lightings import DEFAULT_TRAIN_LIGHTING, TRAIN_LIGHTINGS  # noqa: E402
 
 DATASETS = {
     "bottle": ("mvtec_ad", "bottle"),
@@ -190,6 +190,22 @@ def reused_bundles(earlier: Path, heads) -> tuple[Path | None, Path]:
     return ae_dir, gan_dir
 
 
+def run_lighting(requested: str | None, reuse: str | None) -> str:
+    """The lighting this run trains and evaluates with. With --reuse it is the earlier run's
+    (``result.json`` ``lighting``; runs from before the key used none): its autoencoders were
+    trained on features of frames normalised that way, so another lighting would mix the two
+    silently — an explicit --lighting that differs is a one-line SystemExit."""
+    if reuse is None:
+        return requested or DEFAULT_TRAIN_LIGHTING
+    result = Path(reuse) / "result.json"
+    if not result.is_file():
+        raise SystemExit(f"--reuse {reuse}: no result.json there (not a workdir of this benchmark)")
+    earlier = json.loads(result.read_text()).get("lighting") or "none"
+    if requested is not None and requested != earlier:
+        raise SystemExit(f"--reuse {reuse}: that run used lighting {earlier}; drop --lighting {requested} or pass --lighting {earlier}")
+    return earlier
+
+
 def reuse_critic(model_dir: Path):
     """The GAN critic of an earlier run's default bundle (None if that bundle has none)."""
     from edge_inspector.training.export import load_checkpoint
@@ -232,7 +248,7 @@ def run_dataset(name: str, data_dir: Path, work: Path, args) -> dict:
     from edge_inspector.training.settings import TrainSettings, set_determinism
 
     settings = TrainSettings(head="default", iterations=args.iterations, image_size=args.image_size,
-                             geometry=args.geometry, seed=args.seed, lighting=args.lighting or TrainSettings.lighting,
+                             geometry=args.geometry, seed=args.seed, lighting=args.lighting,
                              progress=not args.quiet, threads=args.threads, fusion_ae_weight=args.fusion_ae_weight,
                              knn_features=args.knn_features,
                              subspace_bank_size=(args.subspace_bank_size if args.subspace_bank_size is not None
@@ -347,7 +363,8 @@ def main(argv=None) -> int:
                    help="model input shape, as train --geometry")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lighting", default=None, choices=TRAIN_LIGHTINGS,
-                   help="lighting the bundles are trained with and run (default: the train default)")
+                   help="lighting the bundles are trained with and run (default: the train default; "
+                        "with --reuse, the earlier run's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bench-runs", type=int, default=100)
     p.add_argument("--workdir", default=None, help="keep the bundles here (default: a temp dir)")
@@ -392,14 +409,13 @@ def main(argv=None) -> int:
     setup_logging("WARNING")
     import torch
 
-    from edge_inspector.training.settings import TrainSettings
-
     torch.set_num_threads(args.threads)
+    args.lighting = run_lighting(args.lighting, args.reuse)
     work_ctx = tempfile.TemporaryDirectory() if args.workdir is None else None
     work = Path(args.workdir) if args.workdir else Path(work_ctx.name)
     started = time.perf_counter()
     report = {"image_size": args.image_size, "geometry": args.geometry, "seed": args.seed,
-              "lighting": args.lighting or TrainSettings.lighting, "iterations": args.iterations, "threads": args.threads,
+              "lighting": args.lighting, "iterations": args.iterations, "threads": args.threads,
               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]), "datasets": {}}
     for name in args.datasets:
         data_dir = datasets_root().joinpath(*DATASETS[name])

@@ -33,3 +33,24 @@ def test_asking_for_a_head_the_earlier_run_lacks_names_the_missing_folder(tmp_pa
         reused_bundles(earlier, ["ae", "default"])
     with pytest.raises(SystemExit, match=r"neither .*aegan nor .*default exists"):
         reused_bundles(_run(tmp_path / "other", "knn"), ["default"])
+
+
+def test_a_reused_run_keeps_its_lighting(tmp_path):
+    """--reuse loads autoencoders trained on frames normalised one way: the run takes that lighting
+    (runs from before the key used none), and another --lighting is refused in one line."""
+    import json
+
+    from benchmarks.model_benchmark import run_lighting
+    from edge_inspector.lightings import DEFAULT_TRAIN_LIGHTING
+
+    assert run_lighting(None, None) == DEFAULT_TRAIN_LIGHTING
+    assert run_lighting("none", None) == "none"
+    (tmp_path / "result.json").write_text(json.dumps({"lighting": "none", "datasets": {}}))
+    assert run_lighting(None, str(tmp_path)) == "none"
+    assert run_lighting("none", str(tmp_path)) == "none"
+    with pytest.raises(SystemExit, match=r"used lighting none; drop --lighting match_hist"):
+        run_lighting("match_hist", str(tmp_path))
+    (tmp_path / "result.json").write_text(json.dumps({"datasets": {}}))  # before the key
+    assert run_lighting(None, str(tmp_path)) == "none"
+    with pytest.raises(SystemExit, match=r"no result.json"):
+        run_lighting(None, str(tmp_path / "elsewhere"))
