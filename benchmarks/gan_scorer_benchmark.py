@@ -1,0 +1,214 @@
+"""GAN scoring-part candidates against the shipped critic, on trained default bundles.
+
+Issue 13 asks that the GAN contribute at inference: removing it must lower the mean pixel AUROC of
+the default head. The shipped critic (``sagan.Critic``, f-AnoGAN's discriminator-feature residual)
+does that on some trainings and not on others (docs/benchmarks.md, "Critic weight of the AE-GAN
+prior"). This benchmark tests the other shape the issue names, SimpleNet's (Liu et al. 2023): a
+discriminator that scores each feature position, trained to tell the good training features Z from
+generated anomalous ones, Z + σ·ε (Gaussian-perturbed). Trained here on the bundle's own cached
+features, so the candidate is judged beside exactly the terms and weights the bundle ships:
+
+* every term of the bundle alone;
+* ``default`` (the bundle's weights) and ``default_without_gan`` (the critic's weight removed, the
+  rest renormalised: the ablation row of model_benchmark.py);
+* ``scorer_s<σ>``: the feature scorer alone;
+* ``default_scorer_for_gan_s<σ>``: the bundle's weights with the scorer in the critic's place;
+* ``default_plus_scorer_s<σ>``: the bundle's weights plus the scorer at the critic's weight.
+
+Terms are standardised on the held-out good images (the bundle's statistics for its own terms, the
+same statistics for the scorer), fused, smoothed on the grid and upsampled as in the exported
+graph; image score = the map's maximum; pixel metrics on 128² maps, as ``evaluate``. It is a
+torch-side measurement of candidates, not of the station's ONNX graph.
+
+    .venv/bin/python benchmarks/gan_scorer_benchmark.py --model kolektorsdd=DIR --model tire=DIR \\
+        --model bottle=DIR --sigmas 0.25 0.5 --json benchmarks/results/gan_scorer_seed0.json
+
+DIR = a default bundle from ``edge-inspector train --head default`` (its checkpoint.pt is read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmarks.report import emit  # noqa: E402
+from model_benchmark import DATASETS, datasets_root  # noqa: E402
+
+
+def standardised_features(model, pre, paths, batch: int = 8):
+    import numpy as np
+    import torch
+
+    from edge_inspector.imageio import read_image
+
+    out = []
+    for i in range(0, len(paths), batch):
+        x = torch.from_numpy(np.stack([pre.prepare(read_image(p))[0] for p in paths[i : i + batch]]))
+        with torch.no_grad():
+            out.append(model.standardised_features(x))
+    return torch.cat(out)
+
+
+def term_grids(model, z, batch: int = 8) -> dict:
+    import torch
+
+    names = model.available_terms()
+    parts: dict = {n: [] for n in names}
+    with torch.no_grad():
+        for i in range(0, z.shape[0], batch):
+            for name, grid in model.term_grids(z[i : i + batch], names).items():
+                parts[name].append(grid)
+    return {n: torch.cat(v) for n, v in parts.items()}
+
+
+def train_feature_scorer(z_train, sigma: float, steps: int, width: int, seed: int):
+    """Per-position discriminator (two 1×1 convolutions): good features → real, good features plus
+    Gaussian noise of std σ (standardised units) → fake; non-saturating logistic loss. Returns a
+    function Z → N×1×G×G anomaly term (the negated logit)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(z_train.shape[1], width, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, 1, 1))
+    optimiser = torch.optim.Adam(net.parameters(), lr=2e-4)
+    for _ in range(steps):
+        z = z_train[torch.randint(z_train.shape[0], (8,), generator=generator)]
+        fake = z + sigma * torch.randn(z.shape, generator=generator)
+        loss = F.softplus(-net(z)).mean() + F.softplus(net(fake)).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    net.eval()
+
+    def score(z):
+        with torch.no_grad():
+            return torch.cat([-net(z[i : i + 16]) for i in range(0, z.shape[0], 16)])
+
+    return score
+
+
+def run(name: str, model_dir: Path, args) -> dict:
+    import numpy as np
+    import torch
+
+    from edge_inspector.datasets import list_test_items, read_mask, train_good_paths
+    from edge_inspector.imageio import read_image
+    from edge_inspector.inference.bundle import load_bundle
+    from edge_inspector.training import metrics as M
+    from edge_inspector.training.evaluate import PIXEL_GRID, make_preprocessor
+    from edge_inspector.training.export import load_checkpoint
+    from edge_inspector.training.features import split_holdout
+    from edge_inspector.training.scoring import TERMS
+    from edge_inspector.training.settings import TrainSettings
+
+    started = time.perf_counter()
+    data_dir = datasets_root().joinpath(*DATASETS[name])
+    model, meta = load_checkpoint(model_dir)
+    model.eval()
+    if model.config.head != "default":
+        raise SystemExit(f"{model_dir}: head {model.config.head!r}, this benchmark needs a default bundle")
+    pre = make_preprocessor(load_bundle(model_dir))
+    training = meta.get("training") or {}
+    paths = train_good_paths(data_dir)
+    # The hold-out split is not stored, only its size: redraw it with train's default fraction and
+    # the bundle's seed, and refuse a bundle whose hold-out was drawn otherwise.
+    train_idx, hold_idx = split_holdout(len(paths), TrainSettings.holdout, int(training.get("seed", 0)))
+    recorded = (meta.get("training_set") or {}).get("n_holdout")
+    if recorded != int(hold_idx.size):
+        raise SystemExit(f"{model_dir}: {recorded} held-out images in model.json, {hold_idx.size} with --holdout "
+                         f"{TrainSettings.holdout} (train it with the default --holdout and no --extra-good)")
+    z_train = standardised_features(model, pre, [paths[i] for i in train_idx])
+    z_hold = standardised_features(model, pre, [paths[i] for i in hold_idx])
+    items = list_test_items(data_dir)
+    z_test = standardised_features(model, pre, [it.path for it in items])
+    labels = np.array([it.label for it in items])
+    masks = []
+    for it in items:
+        shape = read_image(it.path).shape[:2]
+        mask = read_mask(it, shape) if it.mask_path is not None else np.zeros(shape, dtype=bool)
+        masks.append(M.reduce_mask(mask, PIXEL_GRID))
+    hold, test = term_grids(model, z_hold), term_grids(model, z_test)
+    stats = {t: (float(model.term_mean[TERMS.index(t)]), float(model.term_std[TERMS.index(t)])) for t in hold}
+
+    def figures(grid) -> dict:
+        with torch.no_grad():
+            maps = model.upsample_and_smooth(grid, tuple(model.config.shape))[:, 0].numpy()
+        reduced = [M.reduce_map(m, PIXEL_GRID) for m in maps]
+        scores = np.array([m.max() for m in maps])
+        return {"image_auroc": round(M.image_auroc(labels, scores), 4), "pixel_auroc": round(M.pixel_auroc(reduced, masks), 4)}
+
+    def fused(weights: dict, extra: dict) -> "torch.Tensor":
+        total = 0
+        for term, w in weights.items():
+            grid, (mu, sd) = (test[term], stats[term]) if term in test else extra[term]
+            total = total + w * (grid - mu) / sd
+        return total
+
+    weights = {t: float(w) for t, w in (meta.get("fusion_weights") or {}).items() if float(w)}
+    if "gan" not in weights:
+        raise SystemExit(f"{model_dir}: its default carries no GAN critic term; nothing to compare the scorer with")
+    rest = {t: w for t, w in weights.items() if t != "gan"}
+    without_gan = {t: w / sum(rest.values()) for t, w in rest.items()}
+    rows = {f"{t}_only": figures(test[t]) for t in test}
+    rows["default"] = figures(fused(weights, {}))
+    rows["default_without_gan"] = figures(fused(without_gan, {}))
+    for sigma in args.sigmas:
+        score = train_feature_scorer(z_train, sigma, args.steps, args.width, args.seed)
+        h = score(z_hold)
+        extra = {"scorer": (score(z_test), (float(h.mean()), float(h.std().clamp_min(1e-6))))}
+        rows[f"scorer_s{sigma:g}"] = figures(extra["scorer"][0])
+        rows[f"default_scorer_for_gan_s{sigma:g}"] = figures(fused({**rest, "scorer": weights["gan"]}, extra))
+        rows[f"default_plus_scorer_s{sigma:g}"] = figures(fused({**weights, "scorer": weights["gan"]}, extra))
+    return {"model": str(model_dir), "weights": weights, "n_train": int(train_idx.size), "n_holdout": int(hold_idx.size),
+            "n_test": len(items), "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", required=True, metavar="DATASET=DIR",
+                   help=f"a trained default bundle per dataset ({', '.join(DATASETS)})")
+    p.add_argument("--sigmas", nargs="+", type=float, default=[0.25, 0.5], help="noise std of the generated anomalous features")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", dest="json_out", default=None)
+    args = p.parse_args(argv)
+    models = {}
+    for spec in args.model:
+        name, _, directory = spec.partition("=")
+        if name not in DATASETS or not directory:
+            raise SystemExit(f"--model {spec!r}: expected DATASET=DIR with DATASET one of {', '.join(DATASETS)}")
+        if not (Path(directory) / "checkpoint.pt").is_file():
+            raise SystemExit(f"--model {spec!r}: {directory}/checkpoint.pt not found (a bundle from edge-inspector train)")
+        models[name] = Path(directory)
+    import torch
+
+    from edge_inspector.logging import setup_logging
+
+    setup_logging("WARNING")
+    torch.set_num_threads(max(1, args.threads))
+    report = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]), "datasets": {}}
+    for name, directory in models.items():
+        report["datasets"][name] = run(name, directory, args)
+        print(json.dumps({"dataset": name, **{k: v["pixel_auroc"] for k, v in report["datasets"][name]["rows"].items()}}),
+              file=sys.stderr, flush=True)
+    rows = next(iter(report["datasets"].values()))["rows"]
+    report["mean"] = {row: {m: round(sum(d["rows"][row][m] for d in report["datasets"].values()) / len(report["datasets"]), 4)
+                            for m in ("image_auroc", "pixel_auroc")} for row in rows
+                      if all(row in d["rows"] for d in report["datasets"].values())}
+    emit(report, args.json_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
