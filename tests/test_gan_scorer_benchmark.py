@@ -1,0 +1,33 @@
+"""The GAN-scorer benchmark's feature scorer and its argument checks."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from benchmarks.gan_scorer_benchmark import main, train_feature_scorer  # noqa: E402
+
+
+def test_the_feature_scorer_ranks_perturbed_features_above_good_ones():
+    torch.manual_seed(0)
+    # good features: a low-dimensional structure in 16 channels, as backbone features have
+    basis = torch.randn(3, 16)
+    good = (torch.randn(24, 6, 6, 3) @ basis).permute(0, 3, 1, 2).contiguous()
+    score = train_feature_scorer(good[:16], sigma=0.5, steps=600, width=32, seed=0)
+    held_out = good[16:]
+    anomalous = held_out.clone()
+    anomalous[:, :, 2:4, 2:4] += 0.8 * torch.randn(8, 16, 2, 2)
+    clean_map, anomalous_map = score(held_out), score(anomalous)
+    assert clean_map.shape == (8, 1, 6, 6)
+    assert anomalous_map[:, :, 2:4, 2:4].mean() > clean_map.amax()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nosuchset=/tmp", "expected DATASET=DIR"),
+    ("bottle", "expected DATASET=DIR"),
+    ("bottle=/nonexistent/bundle", "checkpoint.pt not found"),
+])
+def test_a_bad_model_argument_is_one_line(spec, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["--model", spec])
