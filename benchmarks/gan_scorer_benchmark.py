@@ -16,8 +16,8 @@ features, so the candidate is judged beside exactly the terms and weights the bu
 * ``default_plus_scorer_s<σ>``: the bundle's weights plus the scorer at the critic's weight.
 
 Terms are standardised on the held-out good images (the bundle's statistics for its own terms, the
-same statistics for the scorer), fused, smoothed on the grid and upsampled as in the exported
-graph; image score = the map's maximum; pixel metrics on 128² maps, as ``evaluate``. It is a
+same statistics for the scorer) and fused, smoothed on the grid and upsampled as the default head's
+weight selection does it (``fusion.standardised_terms``, ``fusion.fused_maps``); image score = the map's maximum; pixel metrics on 128² maps, as ``evaluate``. It is a
 torch-side measurement of candidates, not of the station's ONNX graph.
 
     .venv/bin/python benchmarks/gan_scorer_benchmark.py --model kolektorsdd=DIR --model tire=DIR \\
@@ -43,29 +43,20 @@ from model_benchmark import DATASETS, datasets_root  # noqa: E402
 
 
 def standardised_features(model, pre, paths, batch: int = 8):
+    """(N×C×G×G standardised features, each image's (height, width)) — every file read once."""
     import numpy as np
     import torch
 
     from edge_inspector.imageio import read_image
 
-    out = []
+    out, shapes = [], []
     for i in range(0, len(paths), batch):
-        x = torch.from_numpy(np.stack([pre.prepare(read_image(p))[0] for p in paths[i : i + batch]]))
+        images = [read_image(p) for p in paths[i : i + batch]]
+        shapes.extend(img.shape[:2] for img in images)
+        x = torch.from_numpy(np.stack([pre.prepare(img)[0] for img in images]))
         with torch.no_grad():
             out.append(model.standardised_features(x))
-    return torch.cat(out)
-
-
-def term_grids(model, z, batch: int = 8) -> dict:
-    import torch
-
-    names = model.available_terms()
-    parts: dict = {n: [] for n in names}
-    with torch.no_grad():
-        for i in range(0, z.shape[0], batch):
-            for name, grid in model.term_grids(z[i : i + batch], names).items():
-                parts[name].append(grid)
-    return {n: torch.cat(v) for n, v in parts.items()}
+    return torch.cat(out), shapes
 
 
 def train_feature_scorer(z_train, sigma: float, steps: int, width: int, seed: int):
@@ -98,16 +89,14 @@ def train_feature_scorer(z_train, sigma: float, steps: int, width: int, seed: in
 
 def run(name: str, model_dir: Path, args) -> dict:
     import numpy as np
-    import torch
 
     from edge_inspector.datasets import list_test_items, read_mask, train_good_paths
-    from edge_inspector.imageio import read_image
     from edge_inspector.inference.bundle import load_bundle
     from edge_inspector.training import metrics as M
     from edge_inspector.training.evaluate import PIXEL_GRID, make_preprocessor
     from edge_inspector.training.export import load_checkpoint
     from edge_inspector.training.features import split_holdout
-    from edge_inspector.training.scoring import TERMS
+    from edge_inspector.training.fusion import fused_maps, standardised_terms
     from edge_inspector.training.settings import TrainSettings
 
     started = time.perf_counter()
@@ -126,48 +115,37 @@ def run(name: str, model_dir: Path, args) -> dict:
     if recorded != int(hold_idx.size):
         raise SystemExit(f"{model_dir}: {recorded} held-out images in model.json, {hold_idx.size} with --holdout "
                          f"{TrainSettings.holdout} (train it with the default --holdout and no --extra-good)")
-    z_train = standardised_features(model, pre, [paths[i] for i in train_idx])
-    z_hold = standardised_features(model, pre, [paths[i] for i in hold_idx])
+    z_train, _ = standardised_features(model, pre, [paths[i] for i in train_idx])
+    z_hold, _ = standardised_features(model, pre, [paths[i] for i in hold_idx])
     items = list_test_items(data_dir)
-    z_test = standardised_features(model, pre, [it.path for it in items])
+    z_test, shapes = standardised_features(model, pre, [it.path for it in items])
     labels = np.array([it.label for it in items])
-    masks = []
-    for it in items:
-        shape = read_image(it.path).shape[:2]
-        mask = read_mask(it, shape) if it.mask_path is not None else np.zeros(shape, dtype=bool)
-        masks.append(M.reduce_mask(mask, PIXEL_GRID))
-    hold, test = term_grids(model, z_hold), term_grids(model, z_test)
-    stats = {t: (float(model.term_mean[TERMS.index(t)]), float(model.term_std[TERMS.index(t)])) for t in hold}
+    masks = [M.reduce_mask(read_mask(it, shape) if it.mask_path is not None else np.zeros(shape, dtype=bool), PIXEL_GRID)
+             for it, shape in zip(items, shapes)]
+    # the bundle's terms, standardised with its own held-out statistics, as the graph fuses them
+    terms = standardised_terms(model, z_test, model.available_terms(), "cpu", are_features=True)
 
-    def figures(grid) -> dict:
-        with torch.no_grad():
-            maps = model.upsample_and_smooth(grid, tuple(model.config.shape))[:, 0].numpy()
+    def figures(weights: dict) -> dict:
+        maps = fused_maps(model, terms, weights, tuple(model.config.shape))
+        scores = maps.reshape(len(maps), -1).max(axis=1)
         reduced = [M.reduce_map(m, PIXEL_GRID) for m in maps]
-        scores = np.array([m.max() for m in maps])
         return {"image_auroc": round(M.image_auroc(labels, scores), 4), "pixel_auroc": round(M.pixel_auroc(reduced, masks), 4)}
-
-    def fused(weights: dict, extra: dict) -> "torch.Tensor":
-        total = 0
-        for term, w in weights.items():
-            grid, (mu, sd) = (test[term], stats[term]) if term in test else extra[term]
-            total = total + w * (grid - mu) / sd
-        return total
 
     weights = {t: float(w) for t, w in (meta.get("fusion_weights") or {}).items() if float(w)}
     if "gan" not in weights:
         raise SystemExit(f"{model_dir}: its default carries no GAN critic term; nothing to compare the scorer with")
     rest = {t: w for t, w in weights.items() if t != "gan"}
     without_gan = {t: w / sum(rest.values()) for t, w in rest.items()}
-    rows = {f"{t}_only": figures(test[t]) for t in test}
-    rows["default"] = figures(fused(weights, {}))
-    rows["default_without_gan"] = figures(fused(without_gan, {}))
+    rows = {f"{t}_only": figures({t: 1.0}) for t in model.available_terms()}
+    rows["default"] = figures(weights)
+    rows["default_without_gan"] = figures(without_gan)
     for sigma in args.sigmas:
         score = train_feature_scorer(z_train, sigma, args.steps, args.width, args.seed)
-        h = score(z_hold)
-        extra = {"scorer": (score(z_test), (float(h.mean()), float(h.std().clamp_min(1e-6))))}
-        rows[f"scorer_s{sigma:g}"] = figures(extra["scorer"][0])
-        rows[f"default_scorer_for_gan_s{sigma:g}"] = figures(fused({**rest, "scorer": weights["gan"]}, extra))
-        rows[f"default_plus_scorer_s{sigma:g}"] = figures(fused({**weights, "scorer": weights["gan"]}, extra))
+        held_out = score(z_hold)  # standardised like the bundle's terms: on the held-out good images
+        terms["scorer"] = (score(z_test) - held_out.mean()) / held_out.std().clamp_min(1e-6)
+        rows[f"scorer_s{sigma:g}"] = figures({"scorer": 1.0})
+        rows[f"default_scorer_for_gan_s{sigma:g}"] = figures({**rest, "scorer": weights["gan"]})
+        rows[f"default_plus_scorer_s{sigma:g}"] = figures({**weights, "scorer": weights["gan"]})
     return {"model": str(model_dir), "weights": weights, "n_train": int(train_idx.size), "n_holdout": int(hold_idx.size),
             "n_test": len(items), "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
 

@@ -24,10 +24,10 @@ def test_the_feature_scorer_ranks_perturbed_features_above_good_ones():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("nosuchset=/tmp", "expected DATASET=DIR"),
+    ("nosuchset={dir}", "expected DATASET=DIR"),
     ("bottle", "expected DATASET=DIR"),
-    ("bottle=/nonexistent/bundle", "checkpoint.pt not found"),
+    ("bottle={dir}", "checkpoint.pt not found"),  # a folder without a bundle in it
 ])
-def test_a_bad_model_argument_is_one_line(spec, message):
+def test_a_bad_model_argument_is_one_line(spec, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
-        main(["--model", spec])
+        main(["--model", spec.format(dir=tmp_path)])

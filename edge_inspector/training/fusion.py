@@ -154,7 +154,7 @@ def synthetic_anomalies(images: torch.Tensor, seed: int = 0, contrast: float = 1
 
 
 @torch.no_grad()
-def _standardised_terms(model, images: torch.Tensor, names, device: str, batch: int = 8,
+def standardised_terms(model, images: torch.Tensor, names, device: str, batch: int = 8,
                         are_features: bool = False) -> dict[str, torch.Tensor]:
     """Standardised term grids of model inputs, or of their standardised features (``are_features``)."""
     out: dict[str, list] = {n: [] for n in names}
@@ -167,7 +167,8 @@ def _standardised_terms(model, images: torch.Tensor, names, device: str, batch: 
 
 
 @torch.no_grad()
-def _maps(model, terms: dict[str, torch.Tensor], weights: dict[str, float], size: tuple[int, int]) -> np.ndarray:
+def fused_maps(model, terms: dict[str, torch.Tensor], weights: dict[str, float], size: tuple[int, int]) -> np.ndarray:
+    """N×H×W maps of the weighted sum of standardised term grids, smoothed and upsampled as in the graph."""
     grid = sum(w * terms[name] for name, w in weights.items())
     out = [model.upsample_and_smooth(grid[i : i + 8], size) for i in range(0, grid.shape[0], 8)]
     return torch.cat(out)[:, 0].numpy()
@@ -255,20 +256,20 @@ def select_fusion_weights(model, good_images: torch.Tensor, device: str = "cpu",
         raise ValueError(f"no fusion candidate uses only the terms this model has ({sorted(have)})")
     names = sorted({t for c in usable for t in c})
     if good_features is not None:
-        good_terms = _standardised_terms(model, good_features, names, device, are_features=True)
+        good_terms = standardised_terms(model, good_features, names, device, are_features=True)
     else:
-        good_terms = _standardised_terms(model, good_images, names, device)
-    good_maps = {i: _maps(model, good_terms, w, size) for i, w in enumerate(usable)}
+        good_terms = standardised_terms(model, good_images, names, device)
+    good_maps = {i: fused_maps(model, good_terms, w, size) for i, w in enumerate(usable)}
     good_scores = {i: m.reshape(len(m), -1).max(1) for i, m in good_maps.items()}
     pixel = np.zeros((len(usable), draws))
     image = np.zeros((len(usable), draws))
     kinds: list[str] = []
     for k in range(draws):
         defective, masks, kinds = synthetic_anomalies(good_images, seed=seed + k, contrast=contrast)
-        bad_terms = _standardised_terms(model, defective, names, device)
+        bad_terms = standardised_terms(model, defective, names, device)
         labels = np.r_[np.zeros(good_images.shape[0]), np.ones(defective.shape[0])]
         for i, weights in enumerate(usable):
-            bad_maps = _maps(model, bad_terms, weights, size)
+            bad_maps = fused_maps(model, bad_terms, weights, size)
             pixel[i, k] = pixel_auroc(list(bad_maps), list(masks))
             image[i, k] = image_auroc(labels, np.r_[good_scores[i], bad_maps.reshape(len(bad_maps), -1).max(1)])
     table = [{
