@@ -56,7 +56,7 @@ from edge_inspector.inference.onnx_engine import OnnxEngine  # noqa: E402
 from edge_inspector.lightings import DEFAULT_TRAIN_LIGHTING  # noqa: E402
 from edge_inspector.preprocess.core import Preprocessor, to_bgr_uint8  # noqa: E402
 from edge_inspector.preprocess.photometric import LightCondition  # noqa: E402
-from edge_inspector.preprocess.quality import QualityGate  # noqa: E402
+from edge_inspector.preprocess.quality import QualityGate, measure  # noqa: E402
 
 PAPER_FAR = 0.086  # the paper's false-alarm rate under strong light
 SEED = 9
@@ -128,9 +128,10 @@ def score(engine: OnnxEngine, tensors: list[np.ndarray]) -> np.ndarray:
 
 
 def run_condition(cond, images, labels, pre, gate, engine, threshold) -> dict:
-    tensors, gated = [], []
+    tensors, gated, exposures = [], [], []
     for i, img in enumerate(images):
         frame = cond.apply(img, i)
+        exposures.append(measure(frame))
         g = gate.check(frame)
         gated.append(g[0] if g else None)
         tensors.append(pre.prepare(frame)[0])
@@ -161,6 +162,10 @@ def run_condition(cond, images, labels, pre, gate, engine, threshold) -> dict:
         "auroc": _auroc(labels, scores),
         "auroc_ungated": _auroc(labels[through], scores[through]),
         "score_good_median": float(np.median(scores[good])) if good.any() else None,
+        # what the condition left of the frames: the mean share of pixels clipped to white
+        # (any channel ≥ the saturated level) and crushed to black (quality.measure)
+        "saturated_share_mean": round(float(np.mean([e.saturated_fraction for e in exposures])), 4),
+        "black_share_mean": round(float(np.mean([e.black_fraction for e in exposures])), 4),
     }
 
 

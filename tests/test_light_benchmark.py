@@ -65,6 +65,12 @@ def test_gated_frames_are_never_counted_as_ok(tmp_path, monkeypatch):
     assert row["far"] is None
     assert row["gated_defective"] == 1.0 and row["recall"] is None  # nor as NG
     assert row["auroc"] is not None  # every frame is still scored for the AUROC column
+    # what the condition left of the frames: 200 × 1.4 clips the whole good frame, and all of the
+    # defective one but its 16 × 16 spot (256 of 9 216 pixels), which stays black (0)
+    clean = json.loads(out.read_text())["datasets"]["bottle"]["lighting"]["none"]["conditions"][0]
+    assert clean["saturated_share_mean"] == 0.0
+    assert abs(row["saturated_share_mean"] - (1.0 + (1.0 - 256 / 9216)) / 2) < 0.001
+    assert abs(row["black_share_mean"] - (256 / 9216) / 2) < 0.001
 
 
 def test_bad_model_argument_is_exit_2(capsys):

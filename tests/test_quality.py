@@ -144,6 +144,19 @@ def test_highlight_adds_its_grey_levels_at_the_centre_and_is_reproducible():
     assert not np.array_equal(cond.apply(img, 7), cond.apply(img, 8))  # each image its own spot
 
 
+def test_light_effects_compose_in_the_scene_and_the_sensor_clips_once():
+    """A white background the camera already clips, under a lamp 1.4× brighter ramped ±30 %: the
+    scene is at least 255 · 1.4 · 0.7 ≈ 250 everywhere, so the frame stays near-white. Clipping after
+    the gain and then darkening by the ramp would show a grey wedge (≈ 178) no camera records."""
+    white = _grey(255, (60, 80))
+    out = LightCondition("lamp", gain=1.4, gradient=0.3).apply(white)
+    assert out.min() >= 249
+    # each effect alone is what its primitive does
+    img = (np.random.default_rng(2).random((40, 50, 3)) * 200).astype(np.uint8)
+    assert np.array_equal(LightCondition("d", gradient=0.3, gradient_angle_deg=30.0).apply(img), apply_gradient(img, 0.3, 30.0))
+    assert np.array_equal(LightCondition("g", gain=1.3).apply(img), np.clip(img * np.float32(1.3), 0, 255).astype(np.uint8))
+
+
 # -- the daemon --------------------------------------------------------------------------------
 
 def test_daemon_turns_a_saturated_frame_into_an_overexposed_error(tmp_path, mosquitto):
@@ -379,30 +392,80 @@ def _sloped_training_set(rng, n=12):
 
 
 def test_match_hist_keeps_the_training_frames_slope_and_levels_a_new_ramp():
-    """The band of training slopes (exposure.slope_band): a frame lit like the training frames
-    passes match_hist's levelling untouched (so match_hist = match_tone on it), a ramp the
-    training frames never showed is divided out down to the band's edge."""
+    """The band of training slopes (exposure.slope_band), measured against the training frames'
+    reference: a frame lit like the training frames passes match_hist's levelling untouched (so
+    match_hist = match_tone on it), a ramp the training frames never showed is divided out down to
+    the band's edge."""
     from edge_inspector.preprocess.core import Preprocessor
-    from edge_inspector.preprocess.levelling import fit_slope, level
+    from edge_inspector.preprocess.levelling import Reference, fit_ratio_slope, level
 
     texture, train = _sloped_training_set(np.random.default_rng(7))
     stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats(train)}
-    band = stats["exposure"]["slope_band"]
-    assert band["low"][0] < fit_slope(train[0])[1] < band["high"][0] and band["high"][0] - band["low"][0] < 0.2
-    assert level(train[0], band) is train[0]  # inside the band: the very same frame
+    exposure = stats["exposure"]
+    band, reference = exposure["slope_band"], Reference.from_json(exposure["reference"])
+    assert exposure["levelling"] == "reference"
+    # the part's own slope is in the reference, so the training frames' slopes against it are near 0
+    assert band["low"][0] < fit_ratio_slope(train[0], reference)[1] < band["high"][0] and band["high"][0] - band["low"][0] < 0.2
+    assert level(train[0], band, reference) is train[0]  # inside the band: the very same frame
     hist = Preprocessor(64, lighting="match_hist", train_stats=stats)
     tone = Preprocessor(64, lighting="match_tone", train_stats=stats)
     ref = hist.prepare_rgb(train[0])[0].astype(np.float32)
     assert np.array_equal(ref, tone.prepare_rgb(train[0])[0])
     assert _slope(ref) > 30.0  # the part's own slope is kept
     lamp_moved = apply_gradient(train[0], 0.3, 180.0)  # now also lit from the left
-    assert fit_slope(lamp_moved)[1] < band["low"][0]
-    assert abs(fit_slope(level(lamp_moved, band))[1] - band["low"][0]) < 0.03  # levelled to the band's edge
+    assert fit_ratio_slope(lamp_moved, reference)[1] < band["low"][0]
+    assert abs(fit_ratio_slope(level(lamp_moved, band, reference), reference)[1] - band["low"][0]) < 0.03  # to the band's edge
     assert np.abs(hist.prepare_rgb(lamp_moved)[0] - ref).mean() < 0.5 * np.abs(tone.prepare_rgb(lamp_moved)[0] - ref).mean()
     # a bundle trained before the band was recorded levels every frame flat, as it was trained
-    old = Preprocessor(64, lighting="match_hist",
-                       train_stats={**stats, "exposure": {k: v for k, v in stats["exposure"].items() if k != "slope_band"}})
+    old = Preprocessor(64, lighting="match_hist", train_stats={**stats, "exposure": {
+        k: v for k, v in exposure.items() if k not in ("slope_band", "levelling", "reference")}})
     assert _slope(old.prepare_rgb(train[0])[0]) < 0.5 * _slope(ref)
+
+
+def _part_on_white(size=(120, 120)):
+    """A dark round part on a background its camera clipped to white (bottle's shape)."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.full((h, w, 3), 255, np.uint8)
+    inside = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (0.35 * min(h, w)) ** 2
+    rng = np.random.default_rng(1)
+    img[inside] = (40 + rng.integers(0, 30, size=(int(inside.sum()), 1))).astype(np.uint8)
+    return img
+
+
+def test_the_reference_fit_sees_the_ramp_that_the_part_hides_from_a_plane_fit():
+    """A plane through the luma also fits the part (its dark centre in a clipped background); the
+    ratio to the training frames' reference divides the part out and leaves what light did. A lamp
+    brighter by 1.4 and ramped ±30 % from left to right (slope 0.6 per frame width) clips most of
+    the background again, and the plane fit's slope is far off; the reference fit's is not, and
+    match_hist brings the frame back close to the clean one."""
+    from edge_inspector.preprocess.core import Preprocessor
+    from edge_inspector.preprocess.levelling import Reference, fit_ratio_slope, fit_slope
+
+    part = _part_on_white()
+    stats = {"mean": [100.0] * 3, "std": [30.0] * 3, "exposure": exposure_stats([part] * 4)}
+    reference = Reference.from_json(stats["exposure"]["reference"])
+    ramped = LightCondition("lamp", gain=1.4, gradient=0.3).apply(part)
+    assert abs(fit_ratio_slope(ramped, reference)[1] - 0.6) < 0.1
+    assert abs(fit_slope(ramped)[1] - 0.6) > 0.3
+    hist = Preprocessor(64, lighting="match_hist", train_stats=stats)
+    old = Preprocessor(64, lighting="match_hist", train_stats={**stats, "exposure": {
+        k: v for k, v in stats["exposure"].items() if k not in ("levelling", "reference")}})
+    clean = hist.prepare_rgb(part)[0].astype(np.float32)
+    assert np.abs(hist.prepare_rgb(ramped)[0] - clean).mean() < 0.5 * np.abs(old.prepare_rgb(ramped)[0] - clean).mean()
+
+
+@pytest.mark.parametrize("change, needle", [({"levelling": "spline"}, "levelling must be one of"),
+                                             ({"reference": {"luma": [[1.0]], "clipped": [[0.0]]}}, "reference must hold"),
+                                             ({"reference": None}, "reference must hold")])
+def test_a_malformed_levelling_reference_is_a_one_line_error(change, needle):
+    from edge_inspector.errors import InputError
+    from edge_inspector.preprocess.core import Preprocessor
+
+    stats = {"exposure": {**exposure_stats([np.full((20, 20, 3), 90, np.uint8)]), **change}}
+    with pytest.raises(InputError) as err:
+        Preprocessor(64, lighting="match_hist", train_stats=stats)
+    assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_malformed_slope_band_is_a_one_line_error():

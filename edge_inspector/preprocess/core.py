@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_inspector.errors import InputError
 from edge_inspector.lightings import LIGHTINGS
-from edge_inspector.preprocess.levelling import level
+from edge_inspector.preprocess.levelling import LEVELLINGS, REFERENCE_SIDE, Reference, level
 from edge_inspector.preprocess.quality import BLACK_LEVEL, SATURATED_LEVEL, sampled_luma
 from edge_inspector.preprocess.tone import TONE_CURVES, gain_gamma_offset_lut, histogram_lut, rank_positions
 
@@ -119,6 +119,22 @@ def _slope_band(band) -> Optional[dict]:
                          f"(got {band!r:.80})") from None
 
 
+def _levelling_reference(exposure: dict) -> Optional[Reference]:
+    """The bundle's levelling reference (``exposure.levelling: reference``), None for the plane fit
+    of bundles without the key; an unknown or malformed one is an InputError."""
+    levelling = exposure.get("levelling", "plane")
+    if levelling not in LEVELLINGS:
+        raise InputError(f"model.json: preprocess.train_stats.exposure.levelling must be one of {', '.join(LEVELLINGS)} "
+                         f"(got {levelling!r:.40})")
+    if levelling == "plane":
+        return None
+    try:
+        return Reference.from_json(exposure["reference"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError("model.json: preprocess.train_stats.exposure.reference must hold luma and clipped as "
+                         f"{REFERENCE_SIDE}×{REFERENCE_SIDE} grids of numbers ({str(exc)[:80] or type(exc).__name__})") from None
+
+
 class Preprocessor:
     """Configured once per station (or per training run); ``prepare`` is called per frame."""
 
@@ -158,6 +174,7 @@ class Preprocessor:
         self._reclip_from: Optional[float] = None
         self._slope_band: Optional[dict] = None
         self._tone_curve = "histogram"
+        self._reference: Optional[Reference] = None
         if lighting in ("match_hist", "match_tone"):
             exposure = (train_stats or {}).get("exposure") or {}
             percentiles = exposure.get("luma_percentiles")
@@ -177,6 +194,8 @@ class Preprocessor:
             if self._tone_curve not in TONE_CURVES:
                 raise InputError(f"model.json: preprocess.train_stats.exposure.tone_curve must be one of {', '.join(TONE_CURVES)} "
                                  f"(got {self._tone_curve!r:.40})")
+            # And for the levelling: bundles from before the key fit the plane to the frame's luma.
+            self._reference = _levelling_reference(exposure)
 
     # -- geometry -------------------------------------------------------------------------
     def _crop(self, img: np.ndarray) -> tuple[np.ndarray, Geometry]:
@@ -212,7 +231,7 @@ class Preprocessor:
         all of it for a bundle without ``exposure.slope_band``), then ``_match_tone``: undoes a
         smooth gradient and any global monotonic change of light (gain, gamma, offset) up to
         clipping, keeps colour ratios, and leaves local structure alone."""
-        return self._match_tone(level(img, self._slope_band))
+        return self._match_tone(level(img, self._slope_band, self._reference))
 
     def _match_tone(self, img: np.ndarray) -> np.ndarray:
         """One tone curve (the same LUT on every channel) that maps the frame's luma onto the

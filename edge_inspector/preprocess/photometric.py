@@ -16,13 +16,16 @@ def _gamma(img: np.ndarray, gamma: float) -> np.ndarray:
     return lut[img]
 
 
-def _specular_blob(img: np.ndarray, cx: float, cy: float, radius: float, strength: float) -> np.ndarray:
+def _blob_field(img: np.ndarray, cx: float, cy: float, radius: float) -> np.ndarray:
+    """A Gaussian spot (peak 1 at (cx, cy) pixels), shaped to broadcast over ``img``."""
     h, w = img.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     blob = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2.0 * radius**2)))
-    if img.ndim == 3:
-        blob = blob[..., None]  # same highlight on every channel; grey images stay 2-D
-    out = img.astype(np.float32) + strength * 255.0 * blob
+    return blob[..., None] if img.ndim == 3 else blob  # same highlight on every channel; grey stays 2-D
+
+
+def _specular_blob(img: np.ndarray, cx: float, cy: float, radius: float, strength: float) -> np.ndarray:
+    out = img.astype(np.float32) + strength * 255.0 * _blob_field(img, cx, cy, radius)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -61,8 +64,8 @@ def random_photometric(img: np.ndarray, rng: np.random.Generator, strength: floa
 # -- the light-stress conditions (benchmarks/light_benchmark.py, tests) ---------------------------
 # Each primitive is one physical effect on an H×W or H×W×3 uint8 frame. ``LightCondition.apply``
 # chains them in the order light reaches the sensor: the illumination level (gain), its spatial
-# shape (gradient), a stray reflection (highlight), then the camera's own response: black-level
-# offset and tone curve (gamma).
+# shape (gradient) and a stray reflection (highlight) compose in the scene and are clipped once, by
+# the sensor; then the camera's own response: black-level offset and tone curve (gamma).
 
 
 def apply_gain(img: np.ndarray, gain: float) -> np.ndarray:
@@ -84,15 +87,17 @@ def apply_gradient(img: np.ndarray, strength: float, angle_deg: float = 0.0) -> 
     """Smooth illumination ramp (a lamp to one side, sun through a skylight): the frame is
     multiplied by 1 − strength at one edge rising linearly to 1 + strength at the opposite edge,
     along ``angle_deg`` (0 = left → right, 90 = top → bottom)."""
+    return np.clip(img.astype(np.float32) * _gradient_field(img, strength, angle_deg), 0, 255).astype(np.uint8)
+
+
+def _gradient_field(img: np.ndarray, strength: float, angle_deg: float) -> np.ndarray:
     h, w = img.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     a = np.deg2rad(angle_deg)
     proj = (xx / max(w - 1, 1) - 0.5) * np.cos(a) + (yy / max(h - 1, 1) - 0.5) * np.sin(a)
     proj /= max(abs(np.cos(a)), abs(np.sin(a))) * 0.5 + 1e-9  # −1 … +1 edge to edge
     field = 1.0 + strength * proj
-    if img.ndim == 3:
-        field = field[..., None]
-    return np.clip(img.astype(np.float32) * field, 0, 255).astype(np.uint8)
+    return field[..., None] if img.ndim == 3 else field
 
 
 def apply_highlight(img: np.ndarray, cx: float, cy: float, radius_frac: float, add_grey: float) -> np.ndarray:
@@ -131,14 +136,22 @@ class LightCondition:
 
     def apply(self, img: np.ndarray, index: int = 0) -> np.ndarray:
         out = img
-        if self.gain != 1.0:
-            out = apply_gain(out, self.gain)
-        if self.gradient:
-            out = apply_gradient(out, self.gradient, self.gradient_angle_deg)
-        if self.has_highlight:
-            rng = np.random.default_rng([self.seed, index])
-            cx, cy = rng.uniform(0.2, 0.8, size=2)
-            out = apply_highlight(out, float(cx), float(cy), self.highlight_radius, self.highlight_add)
+        if self.gain != 1.0 or self.gradient or self.has_highlight:
+            # Light adds up in the scene and the sensor clips once: the lamp's level, its ramp and a
+            # reflection compose before the clip, as on a real sensor. (Clipping after each one, as
+            # this did before, turned a white background that a brighter lamp had clipped into a grey
+            # wedge wherever the ramp then darkened it: a scene no camera records.)
+            light = img.astype(np.float32)
+            if self.gain != 1.0:
+                light *= self.gain
+            if self.gradient:
+                light *= _gradient_field(img, self.gradient, self.gradient_angle_deg)
+            if self.has_highlight:
+                rng = np.random.default_rng([self.seed, index])
+                cx, cy = rng.uniform(0.2, 0.8, size=2)
+                h, w = img.shape[:2]
+                light += self.highlight_add * _blob_field(img, float(cx) * w, float(cy) * h, self.highlight_radius * min(h, w))
+            out = np.clip(light, 0, 255).astype(np.uint8)
         if self.offset:
             out = apply_offset(out, self.offset)
         if self.gamma != 1.0:

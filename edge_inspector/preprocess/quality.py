@@ -35,7 +35,7 @@ from typing import Iterable, Optional, Sequence
 import cv2
 import numpy as np
 
-from edge_inspector.preprocess.levelling import fit_slope, slope_band
+from edge_inspector.preprocess.levelling import DEFAULT_LEVELLING, Reference, coarse_luma, fit_ratio_slope, slope_band
 from edge_inspector.preprocess.tone import DEFAULT_TONE_CURVE
 
 SAMPLE_SIDE = 256
@@ -115,15 +115,19 @@ def reclip_percentile(train_percentiles) -> Optional[float]:
 
 def exposure_stats(images: Iterable[np.ndarray]) -> dict:
     """Training-set exposure figures for model.json ``preprocess.exposure`` (images: uint8 BGR or grey)."""
-    figures, slopes, histogram = [], [], np.zeros(256, dtype=np.float64)
+    figures, coarse, histogram = [], [], np.zeros(256, dtype=np.float64)
     for img in images:
         sample = _sample(img)
         figure, luma = _measure_sample(sample, SATURATED_LEVEL, BLACK_LEVEL)
         figures.append(figure)
-        slopes.append(fit_slope(sample)[1:])
+        # 2 × 32² float16 per frame (4 KB): the ratio slopes need the finished reference
+        coarse.append(tuple(c.astype(np.float16) for c in coarse_luma(img)))
         histogram += np.bincount(luma.ravel(), minlength=256)
     if not figures:
         raise ValueError("exposure_stats needs at least one image")
+    coarse = [tuple(c.astype(np.float32) for c in pair) for pair in coarse]
+    reference = Reference.of_frames(coarse)
+    slopes = [fit_ratio_slope(None, reference, pair)[1:] for pair in coarse]
     means = [f.mean_luma for f in figures]
     cdf = np.cumsum(histogram) / histogram.sum()
     # Percentiles 0..100 of the training luma: the target of 'match_hist' lighting (core.py).
@@ -139,8 +143,11 @@ def exposure_stats(images: Iterable[np.ndarray]) -> dict:
         "black_fraction_max": round(max(f.black_fraction for f in figures), 5),
         "luma_percentiles": [int(v) for v in quantiles],
         "reclip_from": reclip_percentile(quantiles),
-        # the band of illumination slopes match_hist leaves alone (preprocess/levelling.py)
+        # the band of illumination slopes match_hist leaves alone, measured against the reference
+        # (preprocess/levelling.py)
         "slope_band": slope_band(slopes),
+        "levelling": DEFAULT_LEVELLING,
+        "reference": reference.to_json(),
         # which tone curve match_tone / match_hist fit to these percentiles (preprocess/tone.py)
         "tone_curve": DEFAULT_TONE_CURVE,
         "n_images": len(figures),
