@@ -61,9 +61,9 @@ def test_gate_against_bundle_exposure_stats():
     kind, reason = gate.check(_grey(255))
     assert kind == "overexposed" and reason.startswith("overexposed: 100.0% of pixels saturated")
     assert "saturated_margin" in reason
-    # a highlight: 15 % of the frame saturated, more than the training images' 0 % + 10 %
+    # a highlight: 25 % of the frame saturated, more than the training images' 0 % + 20 %
     spot = _grey(100)
-    spot[:18] = 255
+    spot[:30] = 255
     assert gate.check(spot)[0] == "overexposed"
     kind, reason = gate.check(_grey(0))
     assert kind == "underexposed" and reason.startswith("underexposed: 100.0% of pixels black") and "\n" not in reason
@@ -82,7 +82,9 @@ def test_gate_allows_what_training_images_already_had():
     gate = _gate(exposure_stats([train]))
     assert gate.check(train) is None
     brighter = train.copy()
-    brighter[48:66] = 255  # 55 %: 15 points more than the training images' 40 % (margin 10)
+    brighter[48:66] = 255  # 55 %: 15 points more than the training images' 40 %, within the margin (20)
+    assert gate.check(brighter) is None
+    brighter[48:78] = 255  # 65 %: beyond 40 % + 20 % (and the absolute 60 %)
     assert gate.check(brighter)[0] == "overexposed"
 
 

@@ -117,7 +117,7 @@ class QualityConfig(_Section):
     black_level: Integer = Field(5, ge=0, le=254, description="a pixel whose luma is at or below this is black")
     max_saturated_fraction: FiniteFloat = Field(0.6, ge=0, le=1, description="absolute limit on the saturated share of the ROI")
     max_black_fraction: FiniteFloat = Field(0.6, ge=0, le=1, description="absolute limit on the black share of the ROI")
-    saturated_margin: FiniteFloat = Field(0.10, ge=0, le=1, description="saturated share allowed above the training images' maximum (bundle stats)")
+    saturated_margin: FiniteFloat = Field(0.20, ge=0, le=1, description="saturated share allowed above the training images' maximum (bundle stats)")
     black_margin: FiniteFloat = Field(0.10, ge=0, le=1, description="black share allowed above the training images' maximum (bundle stats)")
     mean_ratio: FiniteFloat = Field(4.0, ge=1, le=100, description="mean luma more than this × the training range (or less than 1/this) is gated")
     # Disjoint ranges, so the lower limit can never sit above the upper one.

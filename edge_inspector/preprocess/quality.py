@@ -13,7 +13,11 @@ Three measures, each compared with what the training images looked like:
 * mean luma, against the training images' range of mean luma, as a ratio.
 
 The first two measure information that is lost (clipped pixels no normalisation can bring back),
-so their defaults are strict: 10 % of the ROI newly clipped. The mean is a looser sanity check
+so their defaults are strict: 20 % of the ROI newly clipped (saturated) or 10 % newly black. The
+saturated margin was 10 %: kolektorsdd's bright texture (mean luma 186) clips 17 % of a frame at
+gain ×1.2 (median; 27 % at the 90th percentile), and the gate took out 64 % of those frames while
+the model, let through, kept FAR 0 and its clean-light recall (docs/benchmarks.md, "Levelling
+against the training frames' reference"). The mean is a looser sanity check
 (×4 or ÷4: a failed lamp, a shutter left open): a frame that is merely brighter or darker than
 the training images is the lighting normalisation's job, not the gate's (docs/benchmarks.md,
 light stress: e.g. gamma 0.6 on the dark tire images triples the mean and loses nothing).
@@ -173,7 +177,7 @@ class QualityGate:
     black_level: int = BLACK_LEVEL
     max_saturated_fraction: float = 0.6
     max_black_fraction: float = 0.6
-    saturated_margin: float = 0.10
+    saturated_margin: float = 0.20
     black_margin: float = 0.10
     mean_ratio: float = 4.0
     min_mean: float = 2.0
