@@ -180,13 +180,13 @@ def prepare_ms(pre: Preprocessor, images: list[np.ndarray], repeats: int = 3) ->
 
 
 def bench_dataset(name: str, model_dir: Path, data_dir: Path, lightings: list[str], limit: Optional[int],
-                  threads: int, only: Optional[list[str]], quiet: bool) -> dict:
+                  threads: int, only: Optional[list[str]], quiet: bool, quality: Optional[QualityConfig] = None) -> dict:
     bundle = load_bundle(model_dir)
     recorded = (bundle.meta.get("preprocess") or {}).get("lighting") or "none"
     engine = OnnxEngine.from_bundle(bundle, providers=["cpu"], intra_op_threads=threads)
     engine.warm_up(2)
     images, labels, _ = load_test_images(data_dir, limit)
-    gate = QualityGate.from_settings(QualityConfig(), bundle.meta.get("preprocess"))
+    gate = QualityGate.from_settings(quality or QualityConfig(), bundle.meta.get("preprocess"))
     grid = [c for c in conditions() if not only or c.name in only or c.name == "clean"]
     out = {
         "model_dir": str(model_dir),
@@ -195,7 +195,7 @@ def bench_dataset(name: str, model_dir: Path, data_dir: Path, lightings: list[st
                   "has_exposure_stats": bool(((bundle.train_stats or {}).get("exposure"))),
                   # the training images' exposure (mean luma range, saturated/black shares) docs cite
                   "exposure": {k: v for k, v in ((bundle.train_stats or {}).get("exposure") or {}).items()
-                               if k != "luma_percentiles"}},
+                               if k not in ("luma_percentiles", "reference")}},
         "data_dir": str(data_dir),
         "n_good": int((labels == 0).sum()),
         "n_defective": int((labels == 1).sum()),
@@ -380,6 +380,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--lighting", default="bundle", help="comma list of candidates: bundle, none, clahe, match_train, ...")
     p.add_argument("--limit", type=int, default=None, help="at most N good and N defective test images per dataset")
     p.add_argument("--conditions", default=None, help="'core' (a subset for comparing candidates) or a comma list of condition names (clean always runs)")
+    p.add_argument("--quality", action="append", default=[], metavar="KEY=VALUE",
+                   help="a preprocess.quality setting for the gate instead of its default (repeatable), e.g. saturated_margin=0.3")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -414,6 +416,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not models:
         print("no bundles: give --model DATASET=MODEL_DIR or --train", file=sys.stderr)
         return 2
+    try:  # the gate a station runs with its config's preprocess.quality: defaults, or --quality KEY=VALUE
+        quality = QualityConfig(**dict(spec.split("=", 1) for spec in args.quality))
+    except ValueError as exc:  # pydantic's ValidationError is one
+        errors = getattr(exc, "errors", None)
+        what = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors()) if errors else str(exc)
+        print(f"--quality {' '.join(args.quality)}: {what} (use KEY=VALUE with KEY one of {', '.join(QualityConfig.model_fields)})",
+              file=sys.stderr)
+        return 2
     only = None
     if args.conditions == "core":
         only = list(CORE)
@@ -426,7 +436,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "seed": SEED,
         "limit": args.limit,
         "threads": args.threads,
-        "quality_gate": QualityConfig().model_dump(),
+        "quality_gate": quality.model_dump(),
         "datasets": {},
     }
     for name, model_dir in models.items():
@@ -435,7 +445,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{data_dir}: dataset not found; skipped {name}", file=sys.stderr)
             continue
         result["datasets"][name] = bench_dataset(name, model_dir, data_dir, [s.strip() for s in args.lighting.split(",")],
-                                                 args.limit, args.threads, only, args.quiet)
+                                                 args.limit, args.threads, only, args.quiet, quality)
     text = json.dumps(result, indent=2)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -113,3 +113,17 @@ def test_markdown_of_a_file_that_is_not_a_result_is_one_line(tmp_path):
     bad.write_text("{oops")
     with pytest.raises(InputError, match="not JSON"):
         lb.main(["--combine", str(bad)])
+
+
+def test_quality_option_sets_the_gate_and_a_bad_one_is_exit_2(tmp_path, monkeypatch, capsys):
+    model = _dataset_and_model(tmp_path, monkeypatch, 200, threshold=0.9)
+    out = tmp_path / "light.json"
+    assert lb.main(["--model", f"bottle={model}", "--conditions", "gain x1.4", "--quality", "enabled=false", "--threads", "1",
+                    "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    row = result["datasets"]["bottle"]["lighting"]["none"]["conditions"][1]
+    assert result["quality_gate"]["enabled"] is False
+    assert row["gated_good"] == 0.0 and row["far"] is not None  # the saturated frames now reach the model
+    assert lb.main(["--model", f"bottle={model}", "--quality", "saturated_margin=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "saturated_margin" in err and "\n" not in err.strip()
