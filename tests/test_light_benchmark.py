@@ -124,6 +124,7 @@ def test_quality_option_sets_the_gate_and_a_bad_one_is_exit_2(tmp_path, monkeypa
     row = result["datasets"]["bottle"]["lighting"]["none"]["conditions"][1]
     assert result["quality_gate"]["enabled"] is False
     assert row["gated_good"] == 0.0 and row["far"] is not None  # the saturated frames now reach the model
+    capsys.readouterr()
     assert lb.main(["--model", f"bottle={model}", "--quality", "saturated_margin=abc"]) == 2
     err = capsys.readouterr().err
     assert "saturated_margin" in err and "\n" not in err.strip()
