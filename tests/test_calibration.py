@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge_inspector.training.calibrate import MIN_TAIL, TAIL_FRACTION, far_threshold, tail_threshold  # noqa: E402
-from edge_inspector.training.crossfit import crossfit_unavailable, leave_one_out_scores  # noqa: E402
+from edge_inspector.training.crossfit import (POOL_MIN_P, crossfit_unavailable, leave_one_out_scores,  # noqa: E402
+                                              train_pooled_threshold)
 from edge_inspector.training.evaluate import evaluate_bundle  # noqa: E402
 from edge_inspector.training.export import load_checkpoint  # noqa: E402
 from edge_inspector.training.knn import KnnScorer  # noqa: E402
@@ -110,7 +111,7 @@ def test_knn_bundle_applies_the_tail_rule_and_records_both(knn_bundle):
     assert tail["n_out_of_fold"] == meta["training_set"]["n_train"] and tail["n_holdout"] == meta["training_set"]["n_holdout"]
     assert calib["rules"]["holdout"]["method"] in ("empirical", "gaussian_tail_floor")
     result = evaluate_bundle(out, data)
-    assert set(result["threshold_rules"]) == {"holdout", "crossfit_tail"}
+    assert {"holdout", "crossfit_tail"} <= set(result["threshold_rules"]) <= {"holdout", "crossfit_tail", "train_pooled"}
     applied = result["threshold_rules"]["crossfit_tail"]
     assert (applied["far"], applied["recall"]) == (result["far_at_threshold"], result["recall_at_threshold"])
     assert 0.0 <= result["roc_recall_at_far"]["far_target"] <= 1.0
@@ -129,3 +130,47 @@ def test_holdout_rule_by_default_and_where_the_map_is_the_autoencoders(knn_bundl
     model.config.head = "default"
     model.config.fusion_weights = {"sub": 0.9, "gan": 0.1}  # the critic scores the AE's reconstruction
     assert "GAN critic" in crossfit_unavailable(model, torch.zeros(1))
+
+
+def test_train_pooled_pools_training_scores_that_look_like_the_hold_outs():
+    rng = np.random.default_rng(3)
+    hold, train = rng.normal(size=35), rng.normal(size=250)
+    calib = train_pooled_threshold(hold, train, 0.01)
+    assert calib["ks_p"] >= POOL_MIN_P and calib["n_calibration"] == 285 and calib["method"] == "gpd_tail"
+    shifted = train + calib["median_shift"]
+    assert calib["threshold"] == tail_threshold(np.concatenate([hold, shifted]), 0.01)["threshold"]
+
+
+def test_train_pooled_refuses_scores_a_network_memorised():
+    # in-sample scores a network learnt by heart sit well below the hold-out's
+    rng = np.random.default_rng(4)
+    hold, train = rng.normal(size=35), rng.normal(size=250) - 1.5
+    calib = train_pooled_threshold(hold, train, 0.01)
+    assert "threshold" not in calib and "KS p" in calib["unavailable"] and calib["ks_p"] < POOL_MIN_P
+
+
+def test_train_pooled_shifts_lower_training_scores_up_to_the_hold_outs_median():
+    from scipy.stats import norm
+
+    hold = norm.ppf((np.arange(35) + 0.5) / 35)  # median 0
+    standard = norm.ppf((np.arange(250) + 0.5) / 250)
+    train = standard - 0.2  # too small a shift for the test on 35 scores to see
+    calib = train_pooled_threshold(hold, train, 0.01)
+    assert calib["ks_p"] >= POOL_MIN_P and calib["median_shift"] == pytest.approx(0.2, abs=1e-4)
+    assert calib["threshold"] == pytest.approx(tail_threshold(np.concatenate([hold, standard]), 0.01)["threshold"])
+    assert calib["threshold"] > tail_threshold(np.concatenate([hold, train]), 0.01)["threshold"]
+    # never shifted down: higher training scores only raise the threshold
+    assert train_pooled_threshold(hold, standard + 0.2, 0.01)["median_shift"] == 0.0
+
+
+def test_train_pooled_is_applied_when_asked_and_recorded_otherwise(knn_bundle, tmp_path):
+    data, out = knn_bundle
+    pooled = json.loads((out / "model.json").read_text())["threshold_calibration"]["rules"]["train_pooled"]
+    assert pooled["n_train"] > 0 and "ks_p" in pooled  # computed in a bundle that applied another rule
+    out = train_bundle(data, tmp_path / "pooled", head="knn", image_size=SIZE, seed=0, progress=False,
+                       augmented_copies=0, export=False, calibration="train_pooled")
+    calib = json.loads((out / "model.json").read_text())["threshold_calibration"]
+    # the kNN map's leave-one-out scores err high: nothing says they lie below the hold-out's
+    assert calib["rules"]["train_pooled"]["ks_p"] >= POOL_MIN_P
+    assert calib["rule"] == "train_pooled" and calib["threshold"] == calib["rules"]["train_pooled"]["threshold"]
+    assert calib["rules"]["train_pooled"]["n_calibration"] == pooled["n_holdout"] + pooled["n_train"]
