@@ -141,12 +141,15 @@ def test_train_pooled_pools_training_scores_that_look_like_the_hold_outs():
     assert calib["threshold"] == tail_threshold(np.concatenate([hold, shifted]), 0.01)["threshold"]
 
 
-def test_train_pooled_refuses_scores_a_network_memorised():
-    # in-sample scores a network learnt by heart sit well below the hold-out's
+def test_train_pooled_refuses_training_scores_that_differ_either_way():
     rng = np.random.default_rng(4)
-    hold, train = rng.normal(size=35), rng.normal(size=250) - 1.5
-    calib = train_pooled_threshold(hold, train, 0.01)
-    assert "threshold" not in calib and "KS p" in calib["unavailable"] and calib["ks_p"] < POOL_MIN_P
+    hold = rng.normal(size=35)
+    # below: a network that learnt its images by heart; above: a bank that lost their own entries
+    for offset, side in ((-1.5, "below"), (1.5, "above")):
+        calib = train_pooled_threshold(hold, rng.normal(size=250) + offset, 0.01)
+        assert "threshold" not in calib and calib["ks_p"] < POOL_MIN_P
+        assert f"median {side}" in calib["unavailable"] and "KS p" in calib["unavailable"]
+    assert calib["ks_p_lower"] > 0.5  # the one-sided test alone would have let the higher ones in
 
 
 def test_train_pooled_shifts_lower_training_scores_up_to_the_hold_outs_median():
@@ -163,14 +166,34 @@ def test_train_pooled_shifts_lower_training_scores_up_to_the_hold_outs_median():
     assert train_pooled_threshold(hold, standard + 0.2, 0.01)["median_shift"] == 0.0
 
 
-def test_train_pooled_is_applied_when_asked_and_recorded_otherwise(knn_bundle, tmp_path):
+def test_train_pooled_is_recorded_in_every_bundle_with_the_training_scores(knn_bundle, tmp_path):
     data, out = knn_bundle
-    pooled = json.loads((out / "model.json").read_text())["threshold_calibration"]["rules"]["train_pooled"]
-    assert pooled["n_train"] > 0 and "ks_p" in pooled  # computed in a bundle that applied another rule
+    meta = json.loads((out / "model.json").read_text())
+    pooled = meta["threshold_calibration"]["rules"]["train_pooled"]
+    assert pooled["n_train"] == meta["training_set"]["n_train"] == len(pooled["train_scores"])
+    assert pooled["train_scores"] == sorted(pooled["train_scores"]) and pooled["train_max"] == pooled["train_scores"][-1]
+    # the kNN map's leave-one-out scores err high: the test tells them apart, the hold-out rule stays
     out = train_bundle(data, tmp_path / "pooled", head="knn", image_size=SIZE, seed=0, progress=False,
                        augmented_copies=0, export=False, calibration="train_pooled")
     calib = json.loads((out / "model.json").read_text())["threshold_calibration"]
-    # the kNN map's leave-one-out scores err high: nothing says they lie below the hold-out's
-    assert calib["rules"]["train_pooled"]["ks_p"] >= POOL_MIN_P
-    assert calib["rule"] == "train_pooled" and calib["threshold"] == calib["rules"]["train_pooled"]["threshold"]
-    assert calib["rules"]["train_pooled"]["n_calibration"] == pooled["n_holdout"] + pooled["n_train"]
+    assert "median above" in calib["rules"]["train_pooled"]["unavailable"]
+    assert (calib["rule"], calib["rule_requested"]) == ("holdout", "train_pooled")
+
+
+def test_train_pooled_applies_where_the_training_scores_look_like_the_hold_outs(knn_bundle, monkeypatch):
+    from scipy.stats import norm
+
+    from edge_inspector.training import crossfit
+
+    model, _ = load_checkpoint(knn_bundle[1])
+    hold = norm.ppf((np.arange(35) + 0.5) / 35)
+    alike = norm.ppf((np.arange(250) + 0.5) / 250)
+    offset, scale = 2.0, 0.5  # the rule works in the bundle's units: (raw − offset) / scale
+    for train, expected in ((alike, "train_pooled"), (alike + 1.5, "holdout")):
+        monkeypatch.setattr(crossfit, "leave_one_out_scores", lambda *a, raw=offset + scale * train, **k: raw)
+        calib = crossfit.threshold_rules(model, torch.zeros(250, 1), torch.zeros(1), hold, offset, scale,
+                                         "train_pooled", 0.01, "cpu")
+        assert calib["rule"] == expected and calib["threshold"] == calib["rules"][expected]["threshold"]
+        if expected == "train_pooled":
+            assert calib["rules"]["train_pooled"]["n_calibration"] == 285
+            assert calib["threshold"] == pytest.approx(tail_threshold(np.concatenate([hold, alike]), 0.01)["threshold"])

@@ -14,12 +14,14 @@ The threshold rule ``crossfit_tail`` pools these scores with the hold-out's and 
 
 ``train_pooled`` is for maps that include a trained network's term (the default head keeps the
 autoencoder or the critic): the same scores — memory terms left one out, the networks' terms
-in-sample — are pooled with the hold-out only when a one-sided two-sample Kolmogorov–Smirnov test
-finds no sign that they lie below the hold-out's (p ≥ POOL_MIN_P) and, when their median is
-lower, after shifting them up by the difference. A network that memorised its training images
-gives lower scores there: the test sees it (the rule then falls back to the hold-out) or the shift
-takes it out. Training scores above the hold-out's (the memory terms left one out err high) only
-raise the threshold. Where the scores look alike, ~250 scores instead of ~35 carry the tail.
+in-sample — are pooled with the hold-out only when a two-sample Kolmogorov–Smirnov test cannot
+tell them from the hold-out's (p ≥ POOL_MIN_P) and, when their median is lower, after shifting
+them up by the difference. Pooling needs scores from the same distribution, and both ways of
+missing it cost: a network that memorised its training images scores them low (the threshold
+would fall, false alarms rise), a memory bank that lost an image's own entries scores it high
+(the threshold rises, recall falls: tire, docs/benchmarks.md). The test sees a clear difference
+either way and the rule falls back to the hold-out; the shift takes out a small low one the test
+cannot see. Where the scores look alike, ~250 scores instead of ~35 carry the tail.
 
 Not available when the map includes a term of the trained networks (heads ``ae``/``aegan``, or a
 default whose fusion kept ``ae`` or ``gan``, the critic's residual on the autoencoder's
@@ -38,10 +40,11 @@ from edge_inspector.training.calibrate import far_threshold, tail_threshold
 from edge_inspector.training.knn import KnnScorer
 from edge_inspector.training.scoring import InspectionModel
 
-# Test level below which the training images' scores are taken to lie below the hold-out's
+# Test level below which the training images' scores are taken to differ from the hold-out's
 # (train_pooled): the usual 5 %; with ~35 hold-out scores the test only sees a clear
 # difference, which is why the median shift comes on top.
 POOL_MIN_P = 0.05
+KEPT_SCORES = 300
 
 
 def pooled_unavailable(model: InspectionModel, bank_source: Optional[torch.Tensor]) -> Optional[str]:
@@ -52,23 +55,28 @@ def pooled_unavailable(model: InspectionModel, bank_source: Optional[torch.Tenso
 
 
 def train_pooled_threshold(hold_scores: np.ndarray, train_scores: np.ndarray, far_target: float) -> dict:
-    """``train_pooled``: the hold-out pooled with the training images' scores unless a one-sided
-    two-sample test says they lie below the hold-out's, shifted up to the hold-out's median if
-    lower; otherwise no threshold (``unavailable`` says why) and the diagnostics alone."""
+    """``train_pooled``: the hold-out pooled with the training images' scores unless a two-sample
+    test tells them apart, shifted up to the hold-out's median if lower; otherwise no threshold
+    (``unavailable`` says why) and the diagnostics alone. The record keeps the training scores
+    (sorted, at most ``KEPT_SCORES`` quantiles) so another rule can be judged on a bundle later."""
     from scipy.stats import ks_2samp
 
     hold = np.asarray(hold_scores, dtype=np.float64).ravel()
     train = np.asarray(train_scores, dtype=np.float64).ravel()
-    # alternative "less": the hold-out's CDF lies below the training scores' somewhere, i.e. the
-    # training scores are the smaller ones
-    p_value = float(ks_2samp(hold, train, alternative="less").pvalue)
+    p_value = float(ks_2samp(hold, train).pvalue)
+    # one-sided, for the record: "less" = the hold-out's CDF lies below the training scores'
+    # somewhere, i.e. the training scores are the smaller ones
+    p_lower = float(ks_2samp(hold, train, alternative="less").pvalue)
     shift = max(0.0, float(np.median(hold) - np.median(train)))
+    kept = np.sort(train) if train.size <= KEPT_SCORES else np.quantile(train, np.linspace(0.0, 1.0, KEPT_SCORES))
     diagnostics = {"n_holdout": int(hold.size), "n_train": int(train.size), "ks_p": round(p_value, 4),
-                   "median_shift": round(shift, 4), "train_mean": round(float(train.mean()), 4),
-                   "train_max": round(float(train.max()), 4)}
+                   "ks_p_lower": round(p_lower, 4), "median_shift": round(shift, 4),
+                   "train_mean": round(float(train.mean()), 4), "train_max": round(float(train.max()), 4),
+                   "train_scores": [round(float(v), 4) for v in kept]}
     if p_value < POOL_MIN_P:
-        return {"unavailable": f"the training images' scores lie below the hold-out's "
-                               f"(one-sided two-sample KS p = {p_value:.3g} < {POOL_MIN_P})", **diagnostics}
+        side = "below" if np.median(train) < np.median(hold) else "above"
+        return {"unavailable": f"the training images' scores differ from the hold-out's, median {side} "
+                               f"(two-sample KS p = {p_value:.3g} < {POOL_MIN_P})", **diagnostics}
     return {**tail_threshold(np.concatenate([hold, train + shift]), far_target), **diagnostics}
 
 

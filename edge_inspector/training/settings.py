@@ -34,7 +34,7 @@ class TrainSettings:
     # threshold rule (docs/model.md, "Scores, threshold and calibration"): "holdout" = the hold-out
     # alone; "crossfit_tail" = GPD tail of the hold-out plus leave-one-out training scores where the
     # map allows it; "train_pooled" = the hold-out plus the training images' own scores unless a
-    # two-sample test says they lie lower (crossfit.py). All are recorded in every bundle;
+    # two-sample test tells them apart (crossfit.py). All are recorded in every bundle;
     # holdout stays the default (docs/model.md, "Scores, threshold and calibration").
     calibration: str = "holdout"
     holdout: float = 0.15
