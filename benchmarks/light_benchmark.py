@@ -179,9 +179,32 @@ def prepare_ms(pre: Preprocessor, images: list[np.ndarray], repeats: int = 3) ->
     return float(np.median(times))
 
 
+def rule_threshold(bundle, rule: Optional[str]) -> float:
+    """The bundle's threshold, or that of another rule its calibration recorded (``--threshold-rule``:
+    what a station would run with ``model.threshold`` set to it)."""
+    if rule is None:
+        return float(bundle.threshold)
+    rules = (bundle.meta.get("threshold_calibration") or {}).get("rules") or {}
+    recorded = rules.get(rule)
+    if not isinstance(recorded, dict) or "threshold" not in recorded:
+        why = recorded.get("unavailable") if isinstance(recorded, dict) else None
+        raise InputError(f"{bundle.directory}: --threshold-rule {rule}: "
+                         + (f"unavailable for this bundle ({why})" if why else
+                            f"not recorded (model.json threshold_calibration.rules has {', '.join(rules) or 'none'})"))
+    return float(recorded["threshold"])
+
+
+def _rule_note(model: dict) -> str:
+    """A variant scored at another recorded rule's threshold is a variant of its own."""
+    rule = model.get("threshold_rule", "applied")
+    return "" if rule == "applied" else f", threshold of rule {rule}"
+
+
 def bench_dataset(name: str, model_dir: Path, data_dir: Path, lightings: list[str], limit: Optional[int],
-                  threads: int, only: Optional[list[str]], quiet: bool, quality: Optional[QualityConfig] = None) -> dict:
+                  threads: int, only: Optional[list[str]], quiet: bool, quality: Optional[QualityConfig] = None,
+                  threshold_rule: Optional[str] = None) -> dict:
     bundle = load_bundle(model_dir)
+    threshold = rule_threshold(bundle, threshold_rule)
     recorded = (bundle.meta.get("preprocess") or {}).get("lighting") or "none"
     engine = OnnxEngine.from_bundle(bundle, providers=["cpu"], intra_op_threads=threads)
     engine.warm_up(2)
@@ -191,7 +214,8 @@ def bench_dataset(name: str, model_dir: Path, data_dir: Path, lightings: list[st
     out = {
         "model_dir": str(model_dir),
         "model": {"name": bundle.name, "sha256": bundle.sha256, "head": bundle.head, "lighting": recorded,
-                  "threshold": bundle.threshold, "image_size": bundle.image_size,
+                  "threshold": threshold, "threshold_rule": threshold_rule or "applied",
+                  "bundle_threshold": bundle.threshold, "image_size": bundle.image_size,
                   "has_exposure_stats": bool(((bundle.train_stats or {}).get("exposure"))),
                   # the training images' exposure (mean luma range, saturated/black shares) docs cite
                   "exposure": {k: v for k, v in ((bundle.train_stats or {}).get("exposure") or {}).items()
@@ -207,7 +231,7 @@ def bench_dataset(name: str, model_dir: Path, data_dir: Path, lightings: list[st
         rows = []
         for cond in grid:
             t0 = time.perf_counter()
-            row = run_condition(cond, images, labels, pre, gate, engine, bundle.threshold)
+            row = run_condition(cond, images, labels, pre, gate, engine, threshold)
             rows.append(row)
             if not quiet:
                 print(f"[{name} {actual}] {cond.name}: FAR {row['far']} recall {row['recall']} gated "
@@ -282,7 +306,8 @@ def combine(paths: list[str]) -> dict:
         elif "command" in run and "datasets" in run:
             out["runs"].append({"command": run["command"], "limit": run["limit"], "threads": run["threads"],
                                 "quality_gate": run["quality_gate"]})
-            entries = [(name, f"{ds['model']['head']}, trained with lighting {ds['model']['lighting']}", ds)
+            entries = [(name, f"{ds['model']['head']}, trained with lighting {ds['model']['lighting']}"
+                              + _rule_note(ds["model"]), ds)
                        for name, ds in run["datasets"].items()]
         else:
             raise InputError(f"{path}: not a light_benchmark.py run or combined result")
@@ -382,6 +407,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--conditions", default=None, help="'core' (a subset for comparing candidates) or a comma list of condition names (clean always runs)")
     p.add_argument("--quality", action="append", default=[], metavar="KEY=VALUE",
                    help="a preprocess.quality setting for the gate instead of its default (repeatable), e.g. saturated_margin=0.3")
+    p.add_argument("--threshold-rule", default=None, metavar="RULE",
+                   help="score at the threshold of this rule the bundle's calibration recorded (e.g. holdout, "
+                        "train_pooled) instead of the one it applied")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -445,7 +473,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{data_dir}: dataset not found; skipped {name}", file=sys.stderr)
             continue
         result["datasets"][name] = bench_dataset(name, model_dir, data_dir, [s.strip() for s in args.lighting.split(",")],
-                                                 args.limit, args.threads, only, args.quiet, quality)
+                                                 args.limit, args.threads, only, args.quiet, quality, args.threshold_rule)
     text = json.dumps(result, indent=2)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

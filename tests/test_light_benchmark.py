@@ -128,3 +128,33 @@ def test_quality_option_sets_the_gate_and_a_bad_one_is_exit_2(tmp_path, monkeypa
     assert lb.main(["--model", f"bottle={model}", "--quality", "saturated_margin=abc"]) == 2
     err = capsys.readouterr().err
     assert "saturated_margin" in err and "\n" not in err.strip()
+
+
+def test_threshold_rule_scores_at_another_recorded_threshold(tmp_path, monkeypatch, capsys):
+    _dataset(tmp_path / "data", 127)
+    monkeypatch.setenv("EDGE_INSPECTOR_DATASETS", str(tmp_path / "data"))
+    train = {"mean": [127.0] * 3, "std": [1.0] * 3, "exposure": exposure_stats([np.full((96, 96), 127, np.uint8)])}
+    # the tiny bundle scores ≈ 0 on the good frames and ≈ 1 on the dark spot: 0.5 separates them, 2.0 passes all
+    calibration = {"rule": "holdout", "threshold": 0.5,
+                   "rules": {"holdout": {"threshold": 0.5}, "train_pooled": {"threshold": 2.0},
+                             "crossfit_tail": {"unavailable": "the default head's fusion kept the autoencoder term"}}}
+    model = make_tiny_bundle(tmp_path / "model", image_size=64, threshold=0.5, threshold_calibration=calibration,
+                             preprocess={"lighting": "none", "train_stats": train})
+    out = tmp_path / "light.json"
+    for rule, recall in ((None, 1.0), ("train_pooled", 0.0)):
+        extra = ["--threshold-rule", rule] if rule else []
+        assert lb.main(["--model", f"bottle={model}", "--conditions", "clean", "--threads", "1", "--json", str(out), "--quiet",
+                        *extra]) == 0
+        ds = json.loads(out.read_text())["datasets"]["bottle"]
+        assert ds["model"]["threshold_rule"] == (rule or "applied") and ds["model"]["bundle_threshold"] == 0.5
+        assert ds["lighting"]["none"]["conditions"][0]["recall"] == recall
+    assert "threshold of rule train_pooled" in lb.markdown(lb.combine([str(out)]))
+    capsys.readouterr()
+    for rule, why in (("crossfit_tail", "unavailable for this bundle (the default head's fusion kept"),
+                      ("f1", "not recorded (model.json threshold_calibration.rules has holdout, train_pooled, crossfit_tail)")):
+        try:
+            lb.main(["--model", f"bottle={model}", "--threshold-rule", rule, "--quiet"])
+        except lb.InputError as exc:  # __main__ prints it as one line, exit 2
+            assert f"--threshold-rule {rule}: {why}" in str(exc)
+        else:
+            raise AssertionError(f"--threshold-rule {rule} was accepted")
