@@ -19,7 +19,8 @@ HEADER = ("| bundle | img / px AUROC | AUPRO-30 | rule (applied ✱) | threshold
 
 
 def rows(label: str, result: dict) -> list[str]:
-    """One row per threshold rule the bundle recorded (only the applied one for older results)."""
+    """One row per threshold rule the bundle recorded (only the applied one for older results),
+    and one per rule it could not use."""
     rules = result.get("threshold_rules") or {}
     applied = result["threshold"]
     if not rules:
@@ -30,9 +31,14 @@ def rows(label: str, result: dict) -> list[str]:
     for rule, r in rules.items():
         mark = " ✱" if abs(float(r["threshold"]) - float(applied)) < 5e-6 else ""
         roc = r.get("roc_recall_at_same_far")
+        test = f" (KS p {r['ks_p']:.3f})" if "ks_p" in r else ""
         out.append(f"| {label} | {result['image_auroc']:.3f} / {result['pixel_auroc']:.4f} | {result['aupro_30']:.3f} | "
-                   f"{rule}{mark} | {float(r['threshold']):.3f} | {float(r['far']):.3f} | {float(r['recall']):.3f} | "
+                   f"{rule}{test}{mark} | {float(r['threshold']):.3f} | {float(r['far']):.3f} | {float(r['recall']):.3f} | "
                    f"{'–' if roc is None else f'{float(roc):.3f}'} |")
+    for rule, r in (result.get("threshold_rules_unavailable") or {}).items():
+        test = f" (KS p {r['ks_p']:.3f})" if "ks_p" in r else ""
+        out.append(f"| {label} | {result['image_auroc']:.3f} / {result['pixel_auroc']:.4f} | {result['aupro_30']:.3f} | "
+                   f"{rule}: refused{test} | – | – | – | – |")
     return out
 
 

@@ -11,8 +11,9 @@ def _result(tmp_path, name="r.json"):
     result = {"image_auroc": 0.8929, "pixel_auroc": 0.96012, "aupro_30": 0.7662, "threshold": 3.932599,
               "far_at_threshold": 0.0, "recall_at_threshold": 0.26,
               "threshold_rules": {"holdout": {"threshold": 3.932599, "far": 0.0, "recall": 0.26, "roc_recall_at_same_far": 0.36},
-                                  "train_pooled": {"threshold": 3.5864, "far": 0.0143, "recall": 0.32,
-                                                   "roc_recall_at_same_far": 0.5}}}
+                                  "train_pooled": {"threshold": 3.5864, "far": 0.0143, "recall": 0.32, "ks_p": 0.8889,
+                                                   "roc_recall_at_same_far": 0.5}},
+              "threshold_rules_unavailable": {"crossfit_tail": {"unavailable": "the default head's fusion kept the autoencoder term"}}}
     path = tmp_path / name
     path.write_text(json.dumps(result))
     return path
@@ -21,9 +22,10 @@ def _result(tmp_path, name="r.json"):
 def test_one_row_per_rule_with_the_applied_one_marked(tmp_path, capsys):
     assert main([f"kolektorsdd s0={_result(tmp_path)}"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[2] == "| kolektorsdd s0 | 0.893 / 0.9601 | 0.766 | holdout ✱ | 3.933 | 0.000 | 0.260 | 0.360 |"
-    assert lines[3] == "| kolektorsdd s0 | 0.893 / 0.9601 | 0.766 | train_pooled | 3.586 | 0.014 | 0.320 | 0.500 |"
+    assert lines[3] == "| kolektorsdd s0 | 0.893 / 0.9601 | 0.766 | train_pooled (KS p 0.889) | 3.586 | 0.014 | 0.320 | 0.500 |"
+    assert lines[4] == "| kolektorsdd s0 | 0.893 / 0.9601 | 0.766 | crossfit_tail: refused | – | – | – | – |"
 
 
 def test_bad_arguments_and_files_are_one_line_errors(tmp_path, capsys):

@@ -36,6 +36,9 @@ log = get_logger(__name__)
 PIXEL_GRID = 128
 LATENCY_RUNS = 30
 
+# The diagnostics of a threshold rule (crossfit.train_pooled_threshold) an evaluation copies.
+RULE_CHECKS = ("ks_p", "ks_p_lower", "median_shift", "n_holdout", "n_train", "train_max")
+
 
 def map_to_image(amap: np.ndarray, geom: Geometry) -> np.ndarray:
     """Model-input-sized map → original-frame-sized map; outside the ROI = map minimum."""
@@ -237,10 +240,14 @@ def evaluate_bundle(
     rules = (bundle.meta.get("threshold_calibration") or {}).get("rules") or {}
     result["threshold_rules"] = {}
     for rule, calib in rules.items():
+        # the rule's own diagnostics (train_pooled's test), so a results file shows why it pooled or not
+        checks = {k: calib[k] for k in RULE_CHECKS if k in calib}
         if "threshold" in calib:
             far_r, recall_r = M.rate_at_threshold(labels, s, float(calib["threshold"]))
             result["threshold_rules"][rule] = {"threshold": float(calib["threshold"]), "far": far_r, "recall": recall_r,
-                                               "roc_recall_at_same_far": M.recall_at_far(labels, s, far_r)}
+                                               "roc_recall_at_same_far": M.recall_at_far(labels, s, far_r), **checks}
+        elif "unavailable" in calib:
+            result.setdefault("threshold_rules_unavailable", {})[rule] = {"unavailable": str(calib["unavailable"]), **checks}
     result["eval_seconds"] = time.perf_counter() - t_start
     result = _clean(result)
 
