@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge_inspector.training.calibrate import MIN_TAIL, TAIL_FRACTION, far_threshold, tail_threshold  # noqa: E402
+from edge_inspector.training import crossfit  # noqa: E402
 from edge_inspector.training.crossfit import (POOL_MIN_P, crossfit_unavailable, leave_one_out_scores,  # noqa: E402
                                               train_pooled_threshold)
 from edge_inspector.training.evaluate import evaluate_bundle  # noqa: E402
@@ -101,6 +102,28 @@ def test_leave_one_out_drops_the_images_own_entries_from_a_smaller_subspace_bank
     assert model.knn_sub.size == sub_index.numel()
 
 
+def test_an_image_that_owns_a_whole_bank_has_no_leave_one_out_score_and_breaks_nothing(knn_bundle):
+    # a subspace bank of image 0's entries only (a small subspace bank, a tiny training set)
+    model, z, patches, source = _bank_of_two_images(knn_bundle, seed=3)
+    model.config.head, model.config.fusion_weights = "default", {"knn": 0.5, "sub": 0.5}
+    model.subspace = torch.linalg.qr(torch.randn(patches.shape[1], 8, generator=torch.Generator().manual_seed(4))).Q
+    sub_index = torch.nonzero(source == 0).ravel()
+    model.knn_sub = KnnScorer((patches @ model.subspace)[sub_index])
+    loo = leave_one_out_scores(model, z, source, "cpu", sub_index)
+    assert np.isnan(loo[0]) and np.isfinite(loo[1:]).all()
+    hold = np.linspace(-2.0, 2.0, 35)
+    calib = crossfit.threshold_rules(model, z, source, hold, 0.0, 1.0, "train_pooled", 0.01, "cpu", sub_index=sub_index)
+    assert calib["rules"]["train_pooled"]["n_unscored"] == 1 and calib["rules"]["train_pooled"]["n_train"] == 3
+    # every image owning its own whole bank: no score at all, the hold-out rule, no error
+    only_own = torch.zeros_like(source)
+    model.knn = KnnScorer(patches[: source.numel() // 2])
+    model.knn_sub = None
+    model.config.fusion_weights = {"knn": 1.0}
+    calib = crossfit.threshold_rules(model, z[:1], only_own[: source.numel() // 2], hold, 0.0, 1.0, "train_pooled", 0.01, "cpu")
+    assert calib["rule"] == "holdout" and "no training image could be scored" in calib["rules"]["train_pooled"]["unavailable"]
+    assert "no training image could be scored" in calib["rules"]["crossfit_tail"]["unavailable"]
+
+
 def test_knn_bundle_applies_the_tail_rule_and_records_both(knn_bundle):
     data, out = knn_bundle
     meta = json.loads((out / "model.json").read_text())
@@ -185,8 +208,6 @@ def test_train_pooled_is_recorded_in_every_bundle_with_the_training_scores(knn_b
 
 def test_train_pooled_applies_where_the_training_scores_look_like_the_hold_outs(knn_bundle, monkeypatch):
     from scipy.stats import norm
-
-    from edge_inspector.training import crossfit
 
     model, _ = load_checkpoint(knn_bundle[1])
     hold = norm.ppf((np.arange(35) + 0.5) / 35)

@@ -100,7 +100,8 @@ def leave_one_out_scores(model: InspectionModel, z_clean: torch.Tensor, bank_sou
     """Raw image scores (before the bundle's offset/scale) of each cached clean training image,
     against the memory bank without the entries drawn from that image. ``bank_source[k]`` is the
     row of ``z_clean`` whose patch became bank entry k; ``sub_index`` the bank rows behind the
-    subspace term's entries (None: all, in bank order)."""
+    subspace term's entries (None: all, in bank order). NaN for an image that owns every entry of
+    a bank (a small subspace bank, a tiny training set): it has no score without them."""
     full_knn, full_sub = model.knn, model.knn_sub
     bank = full_knn.bank_t.t()
     bank_sub = full_sub.bank_t.t() if full_sub is not None else None
@@ -111,9 +112,12 @@ def leave_one_out_scores(model: InspectionModel, z_clean: torch.Tensor, bank_sou
         for i in range(z_clean.shape[0]):
             own = bank_source == i
             if own.any():
-                keep = ~own
+                keep, keep_sub = ~own, (sub_source != i) if bank_sub is not None else None
+                if not keep.any() or (keep_sub is not None and not keep_sub.any()):
+                    scores[i] = np.nan
+                    continue
                 model.knn = KnnScorer(bank[keep]).to(device)
-                model.knn_sub = KnnScorer(bank_sub[sub_source != i]).to(device) if bank_sub is not None else None
+                model.knn_sub = KnnScorer(bank_sub[keep_sub]).to(device) if bank_sub is not None else None
             else:
                 model.knn, model.knn_sub = full_knn, full_sub
             z = z_clean[i : i + 1].to(device, torch.float32)
@@ -135,10 +139,16 @@ def threshold_rules(model: InspectionModel, z_clean: torch.Tensor, bank_source: 
     no_holdout = "no hold-out: the calibration images are the training images" if hold_is_train else None
     why_pooled = no_holdout or pooled_unavailable(model, bank_source)
     why = no_holdout or crossfit_unavailable(model, bank_source)
-    out_of_fold = None
+    out_of_fold, n_unscored = None, 0
     if why_pooled is None:
         out_of_fold = (leave_one_out_scores(model, z_clean, bank_source, device, sub_index) - offset) / scale
-        rules["train_pooled"] = train_pooled_threshold(hold_scores, out_of_fold, far_target)
+        n_unscored = int(np.isnan(out_of_fold).sum())
+        out_of_fold = out_of_fold[~np.isnan(out_of_fold)]
+        if out_of_fold.size == 0:
+            why_pooled = "no training image could be scored without its own memory bank entries"
+            why = why or why_pooled
+    if why_pooled is None:
+        rules["train_pooled"] = {**train_pooled_threshold(hold_scores, out_of_fold, far_target), "n_unscored": n_unscored}
     else:
         rules["train_pooled"] = {"unavailable": why_pooled}
     if why is None:
@@ -146,7 +156,7 @@ def threshold_rules(model: InspectionModel, z_clean: torch.Tensor, bank_source: 
         # Diagnostic of the leave-one-out approximation: out-of-fold scores should look like the
         # hold-out's (mean 0, std 1 in these units) if they are as out-of-sample as those.
         rules["crossfit_tail"] = {**tail_threshold(pooled, far_target), "n_holdout": int(len(hold_scores)),
-                                  "n_out_of_fold": int(out_of_fold.size),
+                                  "n_out_of_fold": int(out_of_fold.size), "n_unscored": n_unscored,
                                   "out_of_fold_mean": round(float(out_of_fold.mean()), 4),
                                   "out_of_fold_std": round(float(out_of_fold.std(ddof=1)), 4) if out_of_fold.size > 1 else None}
     else:
