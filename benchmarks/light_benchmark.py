@@ -372,11 +372,11 @@ def markdown(doc: dict) -> str:
     for name, variants in doc["datasets"].items():
         for variant, ds in variants.items():
             for lighting, res in ds["lighting"].items():
-                key = (variant.split(",")[0], ds["model"]["lighting"], lighting)
+                key = (variant.split(",")[0], ds["model"]["lighting"], lighting, _rule_note(ds["model"]))
                 groups.setdefault(key, {})[name] = res["conditions"]
-    for (head, trained, lighting), by_ds in groups.items():
+    for (head, trained, lighting, rule), by_ds in groups.items():
         names = list(by_ds)
-        lines.append(f"\n{head} bundles trained with lighting `{trained}`, run-time lighting `{lighting}` — "
+        lines.append(f"\n{head} bundles trained with lighting `{trained}`, run-time lighting `{lighting}`{rule} — "
                      "per dataset: FAR % / recall % / gated good % / AUROC (✱ = acceptance condition)\n")
         lines.append("| condition | " + " | ".join(names) + " |")
         lines.append("|---|" + "---|" * len(names))

@@ -148,7 +148,12 @@ def test_threshold_rule_scores_at_another_recorded_threshold(tmp_path, monkeypat
         ds = json.loads(out.read_text())["datasets"]["bottle"]
         assert ds["model"]["threshold_rule"] == (rule or "applied") and ds["model"]["bundle_threshold"] == 0.5
         assert ds["lighting"]["none"]["conditions"][0]["recall"] == recall
-    assert "threshold of rule train_pooled" in lb.markdown(lb.combine([str(out)]))
+    first = tmp_path / "applied.json"
+    assert lb.main(["--model", f"bottle={model}", "--conditions", "clean", "--threads", "1", "--json", str(first), "--quiet"]) == 0
+    tables = lb.markdown(lb.combine([str(first), str(out)]))
+    # each threshold its own variant and its own per-condition table: clean recall 100 % at 0.5, 0 % at 2.0
+    assert "run-time lighting `none` — per dataset" in tables and "`none`, threshold of rule train_pooled — per" in tables
+    assert "| clean | 0 / 100 / 0 / 1.000 |" in tables and "| clean | 0 / 0 / 0 / 1.000 |" in tables
     capsys.readouterr()
     for rule, why in (("crossfit_tail", "unavailable for this bundle (the default head's fusion kept"),
                       ("f1", "not recorded (model.json threshold_calibration.rules has holdout, train_pooled, crossfit_tail)")):
