@@ -27,19 +27,21 @@ def rows(label: str, result: dict) -> list[str]:
         rules = {"(applied)": {"threshold": applied, "far": result["far_at_threshold"],
                                "recall": result["recall_at_threshold"],
                                "roc_recall_at_same_far": (result.get("roc_recall_at_far") or {}).get("far_at_threshold")}}
+    bundle = f"| {label} | {result['image_auroc']:.3f} / {result['pixel_auroc']:.4f} | {result['aupro_30']:.3f} |"
     out = []
     for rule, r in rules.items():
         mark = " ✱" if abs(float(r["threshold"]) - float(applied)) < 5e-6 else ""
         roc = r.get("roc_recall_at_same_far")
-        test = f" (KS p {r['ks_p']:.3f})" if "ks_p" in r else ""
-        out.append(f"| {label} | {result['image_auroc']:.3f} / {result['pixel_auroc']:.4f} | {result['aupro_30']:.3f} | "
-                   f"{rule}{test}{mark} | {float(r['threshold']):.3f} | {float(r['far']):.3f} | {float(r['recall']):.3f} | "
-                   f"{'–' if roc is None else f'{float(roc):.3f}'} |")
+        out.append(f"{bundle} {rule}{_test(r)}{mark} | {float(r['threshold']):.3f} | {float(r['far']):.3f} | "
+                   f"{float(r['recall']):.3f} | {'–' if roc is None else f'{float(roc):.3f}'} |")
     for rule, r in (result.get("threshold_rules_unavailable") or {}).items():
-        test = f" (KS p {r['ks_p']:.3f})" if "ks_p" in r else ""
-        out.append(f"| {label} | {result['image_auroc']:.3f} / {result['pixel_auroc']:.4f} | {result['aupro_30']:.3f} | "
-                   f"{rule}: refused{test} | – | – | – | – |")
+        out.append(f"{bundle} {rule}: refused{_test(r)} | – | – | – | – |")
     return out
+
+
+def _test(rule: dict) -> str:
+    """train_pooled's two-sample test, where the rule ran one."""
+    return f" (KS p {rule['ks_p']:.3f})" if "ks_p" in rule else ""
 
 
 def main(argv=None) -> int:

@@ -4,9 +4,11 @@ figures are those of the station's path, and gated frames are reported apart fro
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
+import pytest
 
 from benchmarks import light_benchmark as lb
 from edge_inspector.preprocess.quality import exposure_stats
@@ -157,9 +159,6 @@ def test_threshold_rule_scores_at_another_recorded_threshold(tmp_path, monkeypat
     capsys.readouterr()
     for rule, why in (("crossfit_tail", "unavailable for this bundle (the default head's fusion kept"),
                       ("f1", "not recorded (model.json threshold_calibration.rules has holdout, train_pooled, crossfit_tail)")):
-        try:
+        # __main__ prints the InputError as one line, exit 2
+        with pytest.raises(lb.InputError, match=re.escape(f"--threshold-rule {rule}: {why}")):
             lb.main(["--model", f"bottle={model}", "--threshold-rule", rule, "--quiet"])
-        except lb.InputError as exc:  # __main__ prints it as one line, exit 2
-            assert f"--threshold-rule {rule}: {why}" in str(exc)
-        else:
-            raise AssertionError(f"--threshold-rule {rule} was accepted")
