@@ -52,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     t.add_argument("--far-target", type=float, default=0.01, help="target false-alarm rate for the threshold (default 1%%)")
     t.add_argument("--holdout", type=float, default=0.15, help="fraction of train/good held out for calibration")
-    t.add_argument("--calibration", choices=["holdout", "crossfit_tail", "train_pooled"], default="holdout",
-                   help="threshold rule: the hold-out alone (default); a tail fit to the hold-out plus "
-                        "leave-one-out training scores where the map allows it; or those pooled behind a "
-                        "two-sample check (train_pooled); all are recorded (docs/model.md)")
+    t.add_argument("--calibration", choices=["holdout", "crossfit_tail", "train_pooled"], default="train_pooled",
+                   help="threshold rule: the hold-out pooled with the training images' own scores behind a "
+                        "two-sample check, the hold-out alone where the check refuses (train_pooled, default); "
+                        "the hold-out alone (holdout); or a tail fit to the hold-out plus leave-one-out "
+                        "training scores where the map allows it (crossfit_tail); all are recorded (docs/model.md)")
     t.add_argument("--validation", default=None, help="optional labelled folder (MVTec layout) for the F1-optimal threshold")
     t.add_argument("--lighting", choices=TRAIN_LIGHTINGS, default=DEFAULT_TRAIN_LIGHTING,
                    help=f"lighting normalisation the bundle is trained with and the station runs (default: "

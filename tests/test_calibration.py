@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 
 from edge_inspector.training.calibrate import MIN_TAIL, TAIL_FRACTION, far_threshold, tail_threshold  # noqa: E402
 from edge_inspector.training import crossfit  # noqa: E402
-from edge_inspector.training.crossfit import (POOL_MIN_P, crossfit_unavailable, leave_one_out_scores,  # noqa: E402
-                                              train_pooled_threshold)
+from edge_inspector.training.crossfit import (POOL_MIN_HOLDOUT, POOL_MIN_P, crossfit_unavailable,  # noqa: E402
+                                              leave_one_out_scores, train_pooled_threshold)
 from edge_inspector.training.evaluate import evaluate_bundle  # noqa: E402
 from edge_inspector.training.export import load_checkpoint  # noqa: E402
 from edge_inspector.training.knn import KnnScorer  # noqa: E402
@@ -143,11 +143,13 @@ def test_knn_bundle_applies_the_tail_rule_and_records_both(knn_bundle):
     assert 0.0 <= result["roc_recall_at_far"]["far_target"] <= 1.0
 
 
-def test_holdout_rule_by_default_and_where_the_map_is_the_autoencoders(knn_bundle, tmp_path):
+def test_train_pooled_by_default_falls_back_to_the_hold_out_and_where_the_map_is_the_autoencoders(knn_bundle, tmp_path):
     data, _ = knn_bundle
     out = train_bundle(data, tmp_path / "knn", head="knn", image_size=SIZE, seed=0, progress=False,
                        augmented_copies=0, export=False)
     calib = json.loads((out / "model.json").read_text())["threshold_calibration"]
+    # the default rule, refused here (a kNN map's leave-one-out scores err high), gives the hold-out's
+    assert calib["rule_requested"] == "train_pooled" and "unavailable" in calib["rules"]["train_pooled"]
     assert calib["rule"] == "holdout" and calib["threshold"] == calib["rules"]["holdout"]["threshold"]
     assert "threshold" in calib["rules"]["crossfit_tail"]  # still shown
     model, _ = load_checkpoint(tmp_path / "knn")
@@ -221,3 +223,33 @@ def test_train_pooled_applies_where_the_training_scores_look_like_the_hold_outs(
         if expected == "train_pooled":
             assert calib["rules"]["train_pooled"]["n_calibration"] == 285
             assert calib["threshold"] == pytest.approx(tail_threshold(np.concatenate([hold, alike]), 0.01)["threshold"])
+
+
+def test_train_pooled_refuses_a_hold_out_too_small_for_its_test():
+    rng = np.random.default_rng(5)
+    # two hold-out scores: the KS test could never tell any training scores from them
+    small = train_pooled_threshold(rng.normal(size=2), rng.normal(size=250) + 3.0, 0.01)
+    assert "threshold" not in small and f"fewer than the {POOL_MIN_HOLDOUT}" in small["unavailable"]
+    assert "--holdout" in small["unavailable"] and small["n_holdout"] == 2
+    enough = train_pooled_threshold(rng.normal(size=POOL_MIN_HOLDOUT), rng.normal(size=250), 0.01)
+    assert "threshold" in enough
+
+
+def test_extra_good_images_are_trained_on_but_not_pooled(knn_bundle, monkeypatch):
+    from scipy.stats import norm
+
+    model, _ = load_checkpoint(knn_bundle[1])
+    hold = norm.ppf((np.arange(35) + 0.5) / 35)
+    alike = norm.ppf((np.arange(250) + 0.5) / 250)
+    scored = []
+
+    def fake_scores(model, z, *args, **kwargs):
+        scored.append(z.shape[0])
+        return np.concatenate([alike, np.full(z.shape[0] - alike.size, 30.0)])  # the extras would score far out
+
+    monkeypatch.setattr(crossfit, "leave_one_out_scores", fake_scores)
+    z = torch.zeros(253, 1)  # 250 line images, then 3 an operator judged good (--extra-good)
+    calib = crossfit.threshold_rules(model, z, torch.zeros(1), hold, 0.0, 1.0, "train_pooled", 0.01, "cpu", n_extra_good=3)
+    assert scored == [250] and calib["rule"] == "train_pooled" and calib["rules"]["train_pooled"]["n_train"] == 250
+    with_extras = crossfit.threshold_rules(model, z, torch.zeros(1), hold, 0.0, 1.0, "train_pooled", 0.01, "cpu")
+    assert with_extras["rules"]["train_pooled"]["train_max"] == 30.0  # what they would have done to the tail

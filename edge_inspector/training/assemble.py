@@ -94,7 +94,7 @@ def assemble(head: str, data: TrainingData, parts: Components, settings: TrainSe
     calibration = threshold_rules(model, data.z_clean, parts.bank_source if head in KNN_HEADS else None,
                                   hold_scores, offset, scale, settings.calibration, settings.far_target,
                                   device, hold_is_train=bool(np.array_equal(data.hold_idx, data.train_idx)),
-                                  sub_index=parts.sub_index)
+                                  sub_index=parts.sub_index, n_extra_good=data.n_extra_good)
     threshold_f1 = _validation_threshold(model, data.preprocessor, settings, device) if settings.validation else None
     timing = {**data.timing, **parts.timing, "calibration_s": round(time.perf_counter() - started, 2)}
     head_settings = TrainSettings(**{**settings.__dict__, "head": head})

@@ -110,7 +110,7 @@ def cli_train(args) -> int:
         seed=args.seed, device=args.device, far_target=args.far_target, holdout=args.holdout,
         validation=args.validation, lighting=args.lighting, progress=True,
         export=not getattr(args, "no_export", False), extra_good=args.extra_good,
-        calibration=getattr(args, "calibration", "holdout"), geometry=getattr(args, "geometry", "keep_aspect"),
+        calibration=getattr(args, "calibration", TrainSettings.calibration), geometry=getattr(args, "geometry", "keep_aspect"),
     )
     meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
     summary = {"model": str(out), "head": meta["head"], "threshold": meta["threshold"],
