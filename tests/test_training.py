@@ -239,6 +239,9 @@ def test_train_cli_names_the_terms_the_default_head_chose(synthetic, tmp_path, c
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     weights = json.loads((out / "model.json").read_text())["fusion_weights"]
     assert summary["terms"] == {t: w for t, w in weights.items() if w} and summary["terms"]
+    # a tiny hold-out: the default rule refuses, and the summary says which rule set the threshold and why
+    assert summary["threshold_rule"] == "holdout"
+    assert summary["threshold_rule_refused"].startswith("train_pooled: ") and "--holdout" in summary["threshold_rule_refused"]
 
 
 # -- default head: subspace terms ---------------------------------------------------------------

@@ -115,6 +115,12 @@ def cli_train(args) -> int:
     meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
     summary = {"model": str(out), "head": meta["head"], "threshold": meta["threshold"],
                "train_seconds": meta["training"]["timing"].get("total_train_s")}
+    calib = meta.get("threshold_calibration") or {}
+    summary["threshold_rule"] = calib.get("rule")
+    requested = (calib.get("rules") or {}).get(calib.get("rule_requested")) or {}
+    if "unavailable" in requested:
+        # the station engineer asked for (or defaulted to) a rule training could not apply: say why
+        summary["threshold_rule_refused"] = f"{calib['rule_requested']}: {requested['unavailable']}"
     if meta.get("fusion_weights"):
         # which terms the station will run: chosen on the hold-out, so worth seeing at once
         summary["terms"] = {t: w for t, w in meta["fusion_weights"].items() if w}
