@@ -9,8 +9,9 @@ generated anomalous ones, Z + σ·ε (Gaussian-perturbed). Trained here on the b
 features, so the candidate is judged beside exactly the terms and weights the bundle ships:
 
 * every term of the bundle alone;
-* ``default`` (the bundle's weights) and ``default_without_gan`` (the critic's weight removed, the
-  rest renormalised: the ablation row of model_benchmark.py);
+* ``default`` (the bundle's weights), ``default_without_gan`` (the critic's weight removed, the
+  rest renormalised: the ablation row of model_benchmark.py) and ``default_without_ae`` (the
+  autoencoder's term removed the same way: issue 13's other ablation);
 * ``scorer_s<σ>``: the feature scorer alone;
 * ``default_scorer_for_gan_s<σ>``: the bundle's weights with the scorer in the critic's place;
 * ``default_plus_scorer_s<σ>``: the bundle's weights plus the scorer at the critic's weight.
@@ -134,11 +135,16 @@ def run(name: str, model_dir: Path, args) -> dict:
     weights = {t: float(w) for t, w in (meta.get("fusion_weights") or {}).items() if float(w)}
     if "gan" not in weights:
         raise SystemExit(f"{model_dir}: its default carries no GAN critic term; nothing to compare the scorer with")
+    def without(term: str) -> dict:
+        kept = {t: w for t, w in weights.items() if t != term}
+        return {t: w / sum(kept.values()) for t, w in kept.items()}
+
     rest = {t: w for t, w in weights.items() if t != "gan"}
-    without_gan = {t: w / sum(rest.values()) for t, w in rest.items()}
     rows = {f"{t}_only": figures({t: 1.0}) for t in model.available_terms()}
     rows["default"] = figures(weights)
-    rows["default_without_gan"] = figures(without_gan)
+    rows["default_without_gan"] = figures(without("gan"))
+    if "ae" in weights:
+        rows["default_without_ae"] = figures(without("ae"))
     for sigma in args.sigmas:
         score = train_feature_scorer(z_train, sigma, args.steps, args.width, args.seed)
         held_out = score(z_hold)  # standardised like the bundle's terms: on the held-out good images
