@@ -16,8 +16,8 @@ features, so the candidate is judged beside exactly the terms and weights the bu
 * ``default_scorer_for_gan_s<σ>``: the bundle's weights with the scorer in the critic's place;
 * ``default_plus_scorer_s<σ>``: the bundle's weights plus the scorer at the critic's weight.
 
-Terms are standardised on the held-out good images (the bundle's statistics for its own terms, the
-same statistics for the scorer) and fused, smoothed on the grid and upsampled as the default head's
+Terms are scaled on the held-out good images (the bundle's statistics for its own terms, the same
+rule for the scorer: median and tail, or mean and std for bundles from before; term_stats.py) and fused, smoothed on the grid and upsampled as the default head's
 weight selection does it (``fusion.standardised_terms``, ``fusion.fused_maps``); image score = the map's maximum; pixel metrics on 128² maps, as ``evaluate``. It is a
 torch-side measurement of candidates, not of the station's ONNX graph.
 
@@ -88,6 +88,22 @@ def train_feature_scorer(z_train, sigma: float, steps: int, width: int, seed: in
     return score
 
 
+def held_out_scaling(held_out, meta: dict):
+    """(location, scale) of a candidate term over the held-out good positions, by the rule the
+    bundle scaled its own terms with (term_stats.py): median and tail, or mean and std in bundles
+    from before the tail scaling."""
+    import torch
+
+    from edge_inspector.training.term_stats import TAIL_QUANTILE
+
+    rule = ((meta.get("score_normalisation") or {}).get("term_scaling") or {}).get("rule", "mean_std")
+    values = held_out.flatten().double()
+    if rule == "median_tail":
+        median = values.median()
+        return float(median), float((torch.quantile(values, TAIL_QUANTILE) - median).clamp_min(1e-6))
+    return float(values.mean()), float(values.std().clamp_min(1e-6))
+
+
 def run(name: str, model_dir: Path, args) -> dict:
     import numpy as np
 
@@ -147,8 +163,8 @@ def run(name: str, model_dir: Path, args) -> dict:
         rows["default_without_ae"] = figures(without("ae"))
     for sigma in args.sigmas:
         score = train_feature_scorer(z_train, sigma, args.steps, args.width, args.seed)
-        held_out = score(z_hold)  # standardised like the bundle's terms: on the held-out good images
-        terms["scorer"] = (score(z_test) - held_out.mean()) / held_out.std().clamp_min(1e-6)
+        location, scale = held_out_scaling(score(z_hold), meta)  # as the bundle's own terms
+        terms["scorer"] = (score(z_test) - location) / scale
         rows[f"scorer_s{sigma:g}"] = figures({"scorer": 1.0})
         rows[f"default_scorer_for_gan_s{sigma:g}"] = figures({**rest, "scorer": weights["gan"]})
         rows[f"default_plus_scorer_s{sigma:g}"] = figures({**weights, "scorer": weights["gan"]})

@@ -31,3 +31,13 @@ def test_the_feature_scorer_ranks_perturbed_features_above_good_ones():
 def test_a_bad_model_argument_is_one_line(spec, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         main(["--model", spec.format(dir=tmp_path)])
+
+
+def test_the_candidate_is_scaled_by_the_rule_of_the_bundle_it_joins():
+    from benchmarks.gan_scorer_benchmark import held_out_scaling
+
+    values = torch.cat([torch.zeros(998), torch.tensor([10.0, 20.0])])
+    tail = held_out_scaling(values, {"score_normalisation": {"term_scaling": {"rule": "median_tail"}}})
+    assert tail[0] == 0.0 and tail[1] == pytest.approx(float(torch.quantile(values.double(), 0.999)))
+    older = held_out_scaling(values, {"score_normalisation": {}})  # a bundle from before: mean and std
+    assert older == pytest.approx((float(values.mean()), float(values.std())))

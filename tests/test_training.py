@@ -777,3 +777,33 @@ def test_default_head_chooses_its_fusion_weight_without_test_images(synthetic, t
     assert [row["weights"] for row in selection["candidates"]] == list(CANDIDATES)
     assert meta["subspace_dim"] == 64
     assert meta["knn_features"] == "raw"
+
+
+def test_fused_terms_are_scaled_by_the_tail_of_good_parts_not_their_spread():
+    """term_stats: a term's location is its median over the held-out good positions and its unit
+    the distance from there to their 99.9th percentile, so two terms with the same spread but
+    different tails weigh differently at the map's maximum."""
+    from types import SimpleNamespace
+
+    from edge_inspector.training.scoring import TERMS
+    from edge_inspector.training.term_stats import TAIL_QUANTILE, fit_term_statistics
+
+    gen = torch.Generator().manual_seed(0)
+    light = torch.randn(40, 1, 16, 16, generator=gen)  # Gaussian tail
+    heavy = torch.distributions.StudentT(2.0).sample((40, 1, 16, 16))  # a few far-out positions
+    heavy = heavy / heavy.std() * light.std()  # the same standard deviation
+    grids = {"knn": light, "ae": heavy}
+    model = SimpleNamespace(mdaae=None, config=SimpleNamespace(head="default"),
+                            available_terms=lambda: ("ae", "knn"),
+                            # z carries each held-out image's index, so every batch gets its own rows
+                            term_grids=lambda z, names: {n: grids[n][z[:, 0].long()] for n in names},
+                            term_mean=torch.zeros(len(TERMS)), term_std=torch.ones(len(TERMS)))
+    stats = fit_term_statistics(model, torch.zeros(1), torch.arange(40.0).view(40, 1), "cpu")
+    assert stats["term_scaling"] == {"rule": "median_tail", "tail_quantile": TAIL_QUANTILE}
+    for name, grid in grids.items():
+        k = TERMS.index(name)
+        values = grid.flatten().double()
+        assert model.term_mean[k].item() == pytest.approx(values.median().item(), rel=1e-5)
+        assert model.term_std[k].item() == pytest.approx((torch.quantile(values, TAIL_QUANTILE) - values.median()).item(), rel=1e-5)
+    # same spread, but the heavy-tailed term's unit is larger: it counts for less at equal weight
+    assert model.term_std[TERMS.index("ae")] > 1.5 * model.term_std[TERMS.index("knn")]

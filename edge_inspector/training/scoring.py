@@ -6,8 +6,8 @@ Heads (``model.json: head``):
   aegan    the paper's model: MDAAE trained with the self-attention GAN, same discrepancy map
   knn      PatchCore-style nearest-neighbour distance to a coreset memory bank, on the raw
            (mean-centred, not standardised) backbone features by default, as in PatchCore
-  default  what a station runs: a weighted sum of terms, each standardised by its mean/std on
-           held-out good images; the weights are chosen at training time on faint synthetic
+  default  what a station runs: a weighted sum of terms, each put in the unit of its upper tail on
+           held-out good images (term_stats.py: median and 99.9th percentile); the weights are chosen at training time on faint synthetic
            anomalies drawn on held-out good images (fusion.py). Terms (``TERMS``):
              ae   the AE-GAN discrepancy below
              knn  the kNN distance (as the knn head)
@@ -162,7 +162,9 @@ class InspectionModel(nn.Module):
         # Fitted on good images after training (term_stats.py): AE term scales, per-term
         # standardisation for the default head, and the final score normalisation.
         self.register_buffer("ae_term_scales", torch.ones(2))  # mean L2, mean (1 − cos) on good images
-        self.register_buffer("term_mean", torch.zeros(len(TERMS)))  # per term (TERMS order), held-out good
+        # per term (TERMS order) on held-out good positions: location and scale (median and tail
+        # since term_stats.TERM_SCALING; mean and std in bundles from before, read the same way)
+        self.register_buffer("term_mean", torch.zeros(len(TERMS)))
         self.register_buffer("term_std", torch.ones(len(TERMS)))
         dim = config.subspace_dim if config.head == "default" else 0
         # Principal subspace of the good patch features (in the kNN feature space), C×d, and the

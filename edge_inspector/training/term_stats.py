@@ -1,5 +1,14 @@
-"""Statistics of good images a bundle's scores are expressed in: AE term scales, per-term mean/std
-for the default head's fusion, and image scores over a batch of model inputs."""
+"""Statistics of good images a bundle's scores are expressed in: AE term scales, per-term location
+and scale for the default head's fusion, and image scores over a batch of model inputs.
+
+Fusion scaling (``TERM_SCALING``): each term is expressed as (term − median) / (q − median) over
+all positions of the held-out good images, q its ``TAIL_QUANTILE`` quantile, so 1 is the height a
+term reaches at the top of good parts. The image score is the map's maximum, so what a weight
+must weigh is how far each term rises above good parts' peaks: a term with a heavy tail on good
+parts (a network's residual) counts for less at the same weight, a light-tailed memory term for
+more. Mean and standard deviation, used before (``mean_std``), measure the bulk and let a heavy
+tail through (docs/model.md, "Heads"). The location and scale fill the ``term_mean`` and
+``term_std`` buffers, so the graph and bundles written before are unchanged."""
 
 from __future__ import annotations
 
@@ -9,11 +18,15 @@ import torch
 from edge_inspector.training.mdaae import reconstruction_terms
 from edge_inspector.training.scoring import TERMS, InspectionModel
 
+TERM_SCALING = "median_tail"
+TAIL_QUANTILE = 0.999
+
 
 @torch.no_grad()
 def fit_term_statistics(model: InspectionModel, z_train_clean: torch.Tensor, z_hold: torch.Tensor, device: str) -> dict:
-    """AE term scales (mean L2, mean 1−cos on good training features) and per-position term
-    mean/std on held-out good features (for the default head's fusion)."""
+    """AE term scales (mean L2, mean 1−cos on good training features) and each term's location
+    and scale over the positions of the held-out good features (TERM_SCALING, for the default
+    head's fusion)."""
     stats: dict = {}
     if model.mdaae is not None:
         l2s, coss = [], []
@@ -32,12 +45,14 @@ def fit_term_statistics(model: InspectionModel, z_train_clean: torch.Tensor, z_h
         for i in range(0, z_hold.shape[0], 16):
             for name, grid in model.term_grids(z_hold[i : i + 16].to(device, torch.float32), names).items():
                 values[name].append(grid.flatten().cpu())
-        stats["term_mean"], stats["term_std"] = {}, {}
+        stats["term_scaling"] = {"rule": TERM_SCALING, "tail_quantile": TAIL_QUANTILE}
+        stats["term_mean"], stats["term_std"] = {}, {}  # location, scale (names kept for readers)
         for name in names:
-            v = torch.cat(values[name])
+            v = torch.cat(values[name]).double()
             k = TERMS.index(name)
-            model.term_mean[k] = v.mean()
-            model.term_std[k] = v.std().clamp_min(1e-6)
+            median = v.median()
+            model.term_mean[k] = median.float()
+            model.term_std[k] = (torch.quantile(v, TAIL_QUANTILE) - median).float().clamp_min(1e-6)
             stats["term_mean"][name] = float(model.term_mean[k])
             stats["term_std"][name] = float(model.term_std[k])
     return stats
