@@ -101,7 +101,8 @@ def main(argv=None) -> int:
         try:
             lines += ["", *totals(loaded)]
         except (KeyError, TypeError, ValueError) as exc:
-            print(f"eval_table: --totals: {str(exc).strip(chr(39))[:160]}", file=sys.stderr)
+            # a KeyError's str() quotes its message; its argument is the message itself
+            print(f"eval_table: --totals: {str(exc.args[0] if exc.args else exc)[:160]}", file=sys.stderr)
             return 2
     print("\n".join(lines))
     return 0

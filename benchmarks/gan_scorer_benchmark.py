@@ -90,18 +90,13 @@ def train_feature_scorer(z_train, sigma: float, steps: int, width: int, seed: in
 
 def held_out_scaling(held_out, meta: dict):
     """(location, scale) of a candidate term over the held-out good positions, by the rule the
-    bundle scaled its own terms with (term_stats.py): median and tail, or mean and std in bundles
-    from before the tail scaling."""
-    import torch
-
-    from edge_inspector.training.term_stats import TAIL_QUANTILE
+    bundle scaled its own terms with (term_stats.location_scale): median and tail, or mean and std
+    in bundles from before the tail scaling."""
+    from edge_inspector.training.term_stats import location_scale
 
     rule = ((meta.get("score_normalisation") or {}).get("term_scaling") or {}).get("rule", "mean_std")
-    values = held_out.flatten().double()
-    if rule == "median_tail":
-        median = values.median()
-        return float(median), float((torch.quantile(values, TAIL_QUANTILE) - median).clamp_min(1e-6))
-    return float(values.mean()), float(values.std().clamp_min(1e-6))
+    location, scale = location_scale(held_out, rule)
+    return float(location), float(scale)
 
 
 def run(name: str, model_dir: Path, args) -> dict:

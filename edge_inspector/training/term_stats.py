@@ -22,6 +22,19 @@ TERM_SCALING = "median_tail"
 TAIL_QUANTILE = 0.999
 
 
+def location_scale(values: torch.Tensor, rule: str = TERM_SCALING) -> tuple[torch.Tensor, torch.Tensor]:
+    """(location, scale) of a term's values over good positions: median and distance to the
+    TAIL_QUANTILE quantile (``median_tail``), or mean and standard deviation (``mean_std``, the
+    rule of bundles from before). The scale is floored so a flat term cannot blow up the sum."""
+    v = values.flatten().double()
+    if rule == "median_tail":
+        median = v.median()
+        return median, (torch.quantile(v, TAIL_QUANTILE) - median).clamp_min(1e-6)
+    if rule == "mean_std":
+        return v.mean(), v.std().clamp_min(1e-6)
+    raise ValueError(f"unknown term scaling {rule!r} (median_tail or mean_std)")
+
+
 @torch.no_grad()
 def fit_term_statistics(model: InspectionModel, z_train_clean: torch.Tensor, z_hold: torch.Tensor, device: str) -> dict:
     """AE term scales (mean L2, mean 1−cos on good training features) and each term's location
@@ -48,11 +61,9 @@ def fit_term_statistics(model: InspectionModel, z_train_clean: torch.Tensor, z_h
         stats["term_scaling"] = {"rule": TERM_SCALING, "tail_quantile": TAIL_QUANTILE}
         stats["term_mean"], stats["term_std"] = {}, {}  # location, scale (names kept for readers)
         for name in names:
-            v = torch.cat(values[name]).double()
             k = TERMS.index(name)
-            median = v.median()
-            model.term_mean[k] = median.float()
-            model.term_std[k] = (torch.quantile(v, TAIL_QUANTILE) - median).float().clamp_min(1e-6)
+            location, scale = location_scale(torch.cat(values[name]))
+            model.term_mean[k], model.term_std[k] = location.float(), scale.float()
             stats["term_mean"][name] = float(model.term_mean[k])
             stats["term_std"][name] = float(model.term_std[k])
     return stats
